@@ -1,0 +1,247 @@
+"""CafeModel: one image-text-to-text model that embeds (retrieval) and generates (answers)."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import prompts
+from .errors import InputError
+from .inputs import PromptEncoder, check_images
+from .loading import load_model_and_processor
+from .pooling import pool_last_token
+
+_FINGERPRINT_SAMPLES = 4096  # values hashed per tensor: enough to tell fine-tunes apart, cheap for 7B
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A stable digest of a model's weights from a strided sample of every tensor (dtype-robust via bf16)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // _FINGERPRINT_SAMPLES)
+        sample = flat[::step][:_FINGERPRINT_SAMPLES].to("cpu", torch.float32).to(torch.bfloat16)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(sample.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def language_hidden_size(config) -> int:
+    """Embedding dimension = the language model's hidden size."""
+    text = getattr(config, "text_config", None) or config
+    return int(text.hidden_size)
+
+
+class _TokenQueue:
+    """A transformers streamer that hands new token ids to another thread (skips the prompt)."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor):
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self):
+        self.queue.put(None)
+
+
+class CafeModel:
+    """Embed images, texts and image+text queries, and generate answers, with one loaded model.
+
+    Embeddings follow the CAFe recipe: chat-formatted "compress in one word" prompts from
+    :mod:`cafe_core.prompts`, last-layer post-norm hidden state of the last real token, L2-normalised.
+    """
+
+    def __init__(self, model, processor, name: str = "<in-memory>", batch_size: int = 8):
+        self.model = model.eval()
+        self.processor = processor
+        self.encoder = PromptEncoder(processor)
+        self.tokenizer = self.encoder.tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.dim = language_hidden_size(model.config)
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | Path,
+        device: str | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        quantization: str | None = None,
+        batch_size: int = 8,
+    ) -> "CafeModel":
+        """Load a hub id, a local folder or ``tiny:<preset>``; see :func:`cafe_core.loading.load_model_and_processor`."""
+        model, processor = load_model_and_processor(name_or_path, device, dtype, quantization)
+        return cls(model, processor, name=str(name_or_path), batch_size=batch_size)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    @property
+    def fingerprint(self) -> str:
+        """Short stable id of (weights, embedding prompt version, embedding dim)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(f"{prompts.PROMPT_VERSION}|{self.dim}|{weights_digest(self.model)}".encode())
+            self._fingerprint = "cafe-" + h.hexdigest()[:16]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ embedding
+    @torch.inference_mode()
+    def _embed_prompts(self, texts: list[str], images: list[Image.Image] | None, batch_size, progress, desc):
+        bs = batch_size or self.batch_size
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        base = self.model.model  # the multimodal base model: returns post-norm last_hidden_state, no lm_head
+        steps = range(0, len(texts), bs)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=desc, unit="batch")
+        for i in steps:
+            batch = self.encoder.encode(
+                texts[i : i + bs], images[i : i + bs] if images else None, device=self.device, dtype=self.dtype
+            )
+            hidden = base(**batch).last_hidden_state
+            out[i : i + bs] = pool_last_token(hidden, batch["attention_mask"]).cpu().numpy()
+        return out
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """(N, dim) float32 L2-normalised embeddings of upright RGB images."""
+        images = check_images(images)
+        if not images:
+            raise InputError("embed_images needs at least one image")
+        texts = [prompts.image_embedding_prompt()] * len(images)
+        return self._embed_prompts(texts, images, batch_size, progress, "embedding images")
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """(N, dim) float32 L2-normalised embeddings of texts (queries or captions)."""
+        texts = list(texts)
+        if not texts:
+            raise InputError("embed_texts needs at least one text")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"text {i} is empty; give a non-empty string")
+        return self._embed_prompts([prompts.text_embedding_prompt(t) for t in texts], None, batch_size, progress, "embedding texts")
+
+    def embed_multimodal(
+        self, images: Sequence[Image.Image], texts: Sequence[str], batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(N, dim) embeddings of composed queries: image i with text i (e.g. "this photo but at night")."""
+        images, texts = check_images(images), list(texts)
+        if not images:
+            raise InputError("embed_multimodal needs at least one (image, text) pair")
+        if len(images) != len(texts):
+            raise InputError(f"embed_multimodal got {len(images)} images but {len(texts)} texts")
+        prompts_ = [prompts.multimodal_embedding_prompt(t) for t in texts]
+        return self._embed_prompts(prompts_, images, batch_size, progress, "embedding image+text")
+
+    # ------------------------------------------------------------------ generation
+    def _generation_inputs(self, question: str, images: Sequence[Image.Image], history: Sequence = ()):
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty")
+        images = check_images(images)
+        prompt = prompts.generation_prompt(question, len(images), history)
+        return self.encoder.encode([prompt], images or None, device=self.device, dtype=self.dtype)
+
+    def _generate_kwargs(self, max_new_tokens, do_sample, temperature, top_p, top_k) -> dict:
+        kw = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "eos_token_id": self.encoder.im_end_id,
+            "pad_token_id": self.encoder.pad_id,
+        }
+        if do_sample:
+            kw.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        else:  # silence sampling-only defaults some checkpoints ship in generation_config
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        question: str,
+        images: Sequence[Image.Image] = (),
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 50,
+        history: Sequence = (),
+    ) -> str:
+        """Answer ``question`` about zero, one or several images (greedy by default)."""
+        inputs = self._generation_inputs(question, images, history)
+        out = self.model.generate(**inputs, **self._generate_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k))
+        new_tokens = out[0, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    def stream(
+        self,
+        question: str,
+        images: Sequence[Image.Image] = (),
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 50,
+        history: Sequence = (),
+    ) -> Iterator[str]:
+        """Yield the answer in pieces as tokens are generated; ``"".join`` equals :meth:`generate`'s output."""
+        inputs = self._generation_inputs(question, images, history)
+        streamer = _TokenQueue()
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs, streamer=streamer,
+                        **self._generate_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k),
+                    )
+            except BaseException as e:  # surfaced in the consumer thread below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        tokens: list[int] = []
+        sent = ""
+        while (piece := streamer.queue.get()) is not None:
+            tokens.extend(piece)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            # Hold back a trailing partial UTF-8 character until its bytes are complete.
+            if text.endswith("\ufffd"):
+                continue
+            if len(text) > len(sent) and text.startswith(sent):
+                yield text[len(sent):]
+                sent = text
+        thread.join()
+        if errors:
+            raise errors[0]
+        final = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if final != sent:
+            # Decoding is not always prefix-stable; never emit a concatenation that differs from generate().
+            if final.startswith(sent):
+                yield final[len(sent):]
+            else:
+                raise RuntimeError("streamed text diverged from the final decode")  # not seen with byte-level BPE
