@@ -1,0 +1,238 @@
+"""Command line: `python -m app SUBCOMMAND ...`.
+
+    python -m app index PHOTOS_DIR [PHOTOS_DIR ...] [--db DB_DIR] [--model MODEL] [--shard I/N] [--json]
+    python -m app search "TEXT" [--image PATH] [-k K] [--min-score S] [--after YYYY-MM-DD]
+                         [--before YYYY-MM-DD] [--folder DIR] [--camera NAME] [--sort relevance|newest|oldest] [--json]
+    python -m app search --batch QUERIES.jsonl ...      (one {"text": ..., "image": ...} per line)
+    python -m app duplicates [--threshold T] [--json]
+
+Every subcommand is one `add_*_arguments(parser)` + one `cmd_*(args) -> int` pair registered in
+COMMANDS at the bottom; add new subcommands (ask, serve, demo) the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+from app.config import DB_ENV_VAR, ConfigError, IndexConfig, SearchConfig, apply_quiet_env, default_db_dir
+
+# --------------------------------------------------------------------------------------------- shared
+
+
+def add_db_arguments(p: argparse.ArgumentParser) -> None:
+    """--db / --chroma-host / --chroma-port: where the index lives."""
+    p.add_argument("--db", metavar="DB_DIR",
+                   help=f"database folder (default: ${DB_ENV_VAR}, else $XDG_DATA_HOME/cafe-photos/db, "
+                        f"else ~/.local/share/cafe-photos/db; now {default_db_dir()})")
+    p.add_argument("--chroma-host", metavar="HOST", help="use a `chroma run` server instead of the --db folder")
+    p.add_argument("--chroma-port", metavar="PORT", type=int, default=8000, help="port of the chroma server (8000)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model / --device."""
+    p.add_argument("--model", metavar="MODEL",
+                   help="model folder, hub id or tiny:<preset> (default: the shipped demo model)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+
+
+def open_index(args, create: bool, config: IndexConfig | None = None):
+    """PhotoIndex for the --db/--chroma-*/--model/--device options of a subcommand."""
+    from app.index import PhotoIndex
+
+    return PhotoIndex.open(
+        db=args.db, model=args.model, create=create, chroma_host=args.chroma_host,
+        chroma_port=args.chroma_port, config=config, device=args.device,
+    )
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+# --------------------------------------------------------------------------------------------- index
+
+
+def add_index_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = IndexConfig()
+    p.add_argument("roots", nargs="+", metavar="PHOTOS_DIR", help="photo folder(s), searched recursively")
+    add_db_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="index only part I of N of the library (run N of these against one chroma server)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="photos per model call")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="decode threads")
+    p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                   help="skip images with more decoded pixels than this (decompression bombs)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def cmd_index(args) -> int:
+    from app.index import parse_shard
+
+    shard = parse_shard(args.shard)
+    config = IndexConfig(batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    index = open_index(args, create=True, config=config)
+    report = index.update(args.roots, shard=shard, progress=progress)
+    if args.json:
+        print_json(report.to_json())
+        return 0
+    print(f"added {report.added}, updated {report.updated}, removed {report.removed}, "
+          f"unchanged {report.unchanged}, skipped {len(report.skipped)}; {report.total} photos indexed "
+          f"({report.seconds:.1f} s)")
+    for skip in report.skipped:
+        print(f"  skipped {skip.path}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="what to look for")
+    p.add_argument("--image", metavar="PATH", help="find photos like this one (with TEXT: a composed query)")
+    p.add_argument("--batch", metavar="QUERIES.jsonl",
+                   help='run one {"text": ..., "image": ...} query per line; prints one JSON result per line')
+    add_db_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("-k", type=int, default=SearchConfig.k, help="number of results (default 10)")
+    p.add_argument("--min-score", type=float, default=None, help="drop results below this similarity")
+    p.add_argument("--after", metavar="YYYY-MM-DD", help="taken on or after this day")
+    p.add_argument("--before", metavar="YYYY-MM-DD", help="taken before this day")
+    p.add_argument("--folder", metavar="DIR", help="only photos in this folder or below")
+    p.add_argument("--camera", metavar="NAME", help="only photos from this camera (make, model or both)")
+    p.add_argument("--sort", choices=("relevance", "newest", "oldest"), default="relevance",
+                   help="order of the results that pass (default: relevance)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_search(args) -> int:
+    from app.search import Filters, QueryError, search
+
+    if args.batch is None and not args.text and not args.image:
+        raise QueryError("give TEXT, --image PATH, both, or --batch QUERIES.jsonl")
+    filters = Filters(after=args.after, before=args.before, folder=args.folder, camera=args.camera)
+    filters.where()  # bad dates fail before the model loads
+    index = open_index(args, create=False)
+
+    def run(text, image) -> list:
+        return search(index, text=text, image=image, k=args.k, min_score=args.min_score, filters=filters,
+                      sort=args.sort)
+
+    if args.batch is not None:
+        return _search_batch(args.batch, run)
+    hits = run(args.text, args.image)
+    if args.json:
+        print_json({"results": [h.to_json() for h in hits]})
+    elif not hits:
+        print("no matching photos")
+    else:
+        for h in hits:
+            print(f"{h.score:.4f}  {h.date[:10]}  {h.path}")
+    return 0
+
+
+def _search_batch(path: str, run: Callable) -> int:
+    """One JSON line out per query line in; a bad query prints {"error": ...} and the batch goes on."""
+    from app.search import QueryError
+
+    source = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    failures = 0
+    with source:
+        for line_no, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                query = json.loads(line)
+                if not isinstance(query, dict):
+                    raise QueryError("each line must be a JSON object")
+                hits = run(query.get("text"), query.get("image"))
+                print_json({"results": [h.to_json() for h in hits]})
+            except (QueryError, json.JSONDecodeError) as e:
+                failures += 1
+                print_json({"error": f"line {line_no}: {e}"})
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------------- duplicates
+
+
+def add_duplicates_arguments(p: argparse.ArgumentParser) -> None:
+    add_db_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("--threshold", type=float, default=SearchConfig.near_duplicate_threshold,
+                   help="cosine similarity at or above which photos are near duplicates (default 0.95)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_duplicates(args) -> int:
+    from app.search import find_duplicates
+
+    index = open_index(args, create=False)
+    exact, near = find_duplicates(index, near_threshold=args.threshold)
+    if args.json:
+        print_json({"exact": [g.to_json() for g in exact], "near": [g.to_json() for g in near]})
+        return 0
+    print(f"{len(exact)} groups of exact copies, {len(near)} groups of near duplicates")
+    for group in exact + near:
+        print(f"{group.kind} ({group.score:.3f}):")
+        for path in group.paths:
+            print(f"  {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- main
+
+# name -> (help, add_arguments, run). New subcommands (ask, serve, demo) register here.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "index": ("index (or update the index of) photo folders", add_index_arguments, cmd_index),
+    "search": ("search indexed photos by text and/or image", add_search_arguments, cmd_search),
+    "duplicates": ("list exact and near-duplicate photos", add_duplicates_arguments, cmd_duplicates),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Local photo search with one CAFe model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is the whole story for the user (no traceback)."""
+    from app.search import QueryError
+    from app.store import StoreError
+
+    errors: list[type[BaseException]] = [ConfigError, StoreError, QueryError, FileNotFoundError]
+    try:
+        from cafe_core.errors import CafeError
+
+        errors.append(CafeError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_quiet_env()
+    args = build_parser().parse_args(argv)
+    _, _, run = COMMANDS[args.command]
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted; work done so far is saved, rerun to continue", file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

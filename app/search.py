@@ -1,0 +1,279 @@
+"""Search a PhotoIndex: text, image ("more like this") and composed image+text queries, and duplicates.
+
+    from app.index import PhotoIndex
+    from app.search import Filters, search, find_duplicates
+    index = PhotoIndex.open(db=..., model=...)
+    hits = search(index, text="a dog on the beach", k=10, min_score=0.2,
+                  filters=Filters(after="2023-01-01", folder="/photos/trips"), sort="newest")
+    for hit in hits:
+        print(hit.score, hit.path, hit.date)
+
+Scores are cosine similarities (1 - Chroma's cosine distance), higher is closer. Filters run inside
+Chroma (`where` on the stored metadata), so the top k are the top k among the photos that pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from app.config import SearchConfig
+from app.photos import SkipPhoto, load_photo, prepare_image
+
+SORTS = ("relevance", "newest", "oldest")
+
+
+class QueryError(ValueError):
+    """A query that cannot run (no text and no image, unreadable query image, bad date...)."""
+
+
+def parse_date(value) -> float | None:
+    """Epoch seconds for a date filter: "YYYY-MM-DD" (local midnight), a date/datetime, or a number."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day).timestamp()
+    try:
+        day = dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise QueryError(f"dates are YYYY-MM-DD, got {value!r}") from None
+    return dt.datetime(day.year, day.month, day.day).timestamp()
+
+
+@dataclass
+class Filters:
+    """Which photos a query may return.
+
+    after: taken on or after this date (YYYY-MM-DD, date, datetime or epoch seconds).
+    before: taken before this date (a day given as YYYY-MM-DD is excluded).
+    folder: only photos in this folder or its subfolders (absolute path, or relative to the cwd).
+    camera: only this camera: make, model or "make model", case-insensitive ("canon", "EOS R5").
+    """
+
+    after: object = None
+    before: object = None
+    folder: str | None = None
+    camera: str | None = None
+
+    def where(self) -> dict | None:
+        """The Chroma `where` clause for these filters (None when there are none)."""
+        clauses = []
+        after, before = parse_date(self.after), parse_date(self.before)
+        if after is not None:
+            clauses.append({"taken": {"$gte": after}})
+        if before is not None:
+            clauses.append({"taken": {"$lt": before}})
+        if self.folder:
+            folder = os.path.abspath(os.path.expanduser(self.folder)).rstrip(os.sep) or os.sep
+            clauses.append({"folders": {"$contains": folder}})
+        if self.camera:
+            clauses.append({"cameras": {"$contains": self.camera.strip().lower()}})
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: str
+    path: str
+    score: float
+    taken: float
+    metadata: dict = field(repr=False)
+
+    @property
+    def date(self) -> str:
+        """When the photo was taken, ISO 8601 in local time."""
+        return format_date(self.taken)
+
+    def to_json(self) -> dict:
+        m = self.metadata
+        out = {
+            "path": self.path,
+            "score": round(float(self.score), 6),
+            "date": self.date,
+            "date_source": m.get("date_source", ""),
+            "folder": m.get("folder", ""),
+            "width": m.get("width"),
+            "height": m.get("height"),
+            "camera": m.get("camera", ""),
+            "content_hash": m.get("content_hash", ""),
+        }
+        if "gps_lat" in m and "gps_lon" in m:
+            out["gps"] = [m["gps_lat"], m["gps_lon"]]
+        return out
+
+
+def format_date(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(float(epoch)).astimezone().isoformat(timespec="seconds")
+
+
+def _hit(record_id: str, score: float, meta: dict) -> Hit:
+    return Hit(id=record_id, path=meta["path"], score=score, taken=float(meta.get("taken", 0.0)), metadata=meta)
+
+
+def query_image(index, image) -> Image.Image:
+    """A query image made ready for the model exactly as indexing does: a path or a PIL image."""
+    if isinstance(image, Image.Image):
+        return prepare_image(image.copy(), index.config.max_side)
+    try:
+        img, _ = load_photo(image, max_pixels=index.config.max_pixels, max_side=index.config.max_side)
+    except SkipPhoto as e:
+        raise QueryError(f"cannot use {image} as a query image: {e}") from None
+    return img
+
+
+def query_vector(index, text: str | None = None, image=None) -> np.ndarray:
+    """(dim,) query embedding: text alone, image alone, or the composed image+text query."""
+    text = text.strip() if isinstance(text, str) else None
+    if not text and image is None:
+        raise QueryError("give a text, an image, or both")
+    model = index.model
+    if image is not None:
+        img = query_image(index, image)
+        vectors = model.embed_multimodal([img], [text]) if text else model.embed_images([img])
+    else:
+        vectors = model.embed_texts([text])
+    return np.asarray(vectors[0], dtype=np.float32)
+
+
+def search_vector(
+    index, vector: np.ndarray, k: int = SearchConfig.k, min_score: float | None = None,
+    filters: Filters | None = None, sort: str = "relevance",
+) -> list[Hit]:
+    """Top-k photos for a query vector, those below min_score dropped, then ordered by `sort`.
+
+    sort: "relevance" (highest score first), "newest" or "oldest" (by date taken, among the top k).
+    """
+    if sort not in SORTS:
+        raise QueryError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    if k < 1:
+        raise QueryError("k must be at least 1")
+    where = filters.where() if filters else None
+    hits = [_hit(i, s, m) for i, s, m in index.store.query(vector, k, where)]
+    if min_score is not None:
+        hits = [h for h in hits if h.score >= min_score]
+    if sort == "newest":
+        hits.sort(key=lambda h: (-h.taken, -h.score))
+    elif sort == "oldest":
+        hits.sort(key=lambda h: (h.taken, -h.score))
+    return hits
+
+
+def search(
+    index, text: str | None = None, image=None, *, k: int = SearchConfig.k, min_score: float | None = None,
+    filters: Filters | None = None, sort: str = "relevance",
+) -> list[Hit]:
+    """Search the index with a text, an image (path or PIL image) or both (composed query).
+
+    Returns at most k hits with score >= min_score that pass `filters`, ordered by `sort`.
+    """
+    return search_vector(index, query_vector(index, text, image), k=k, min_score=min_score, filters=filters, sort=sort)
+
+
+# --------------------------------------------------------------------------------------------- duplicates
+
+
+@dataclass
+class DuplicateGroup:
+    """Photos that are copies of each other. kind "exact": same bytes; "near": embeddings within threshold.
+
+    score: 1.0 for exact groups; for near groups the lowest similarity among the links that joined it.
+    """
+
+    kind: str
+    paths: list[str]
+    score: float
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "paths": self.paths, "score": round(float(self.score), 6)}
+
+
+def find_duplicates(
+    index, near_threshold: float = SearchConfig.near_duplicate_threshold, neighbours: int = 8
+) -> tuple[list[DuplicateGroup], list[DuplicateGroup]]:
+    """(exact groups, near groups) over the whole index.
+
+    Exact: same content hash. Near: connected components of photo pairs whose cosine similarity is
+    >= near_threshold, found with each photo's `neighbours` nearest neighbours in Chroma; pairs of
+    exact copies alone do not make a near group (they are already reported as exact).
+    """
+    store = index.store
+    ids: list[str] = []
+    paths: list[str] = []
+    hashes: list[str] = []
+    vector_pages = []
+    for page_ids, metas, vecs in store.iter_records(include_vectors=True):
+        ids.extend(page_ids)
+        paths.extend(m["path"] for m in metas)
+        hashes.extend(m.get("content_hash", "") for m in metas)
+        vector_pages.append(vecs)
+    if not ids:
+        return [], []
+    position = {record_id: n for n, record_id in enumerate(ids)}
+
+    by_hash: dict[str, list[int]] = {}
+    for n, h in enumerate(hashes):
+        if h:
+            by_hash.setdefault(h, []).append(n)
+    exact = [
+        DuplicateGroup("exact", sorted(paths[n] for n in members), 1.0)
+        for members in by_hash.values()
+        if len(members) > 1
+    ]
+
+    parent = list(range(len(ids)))
+    weakest: dict[int, float] = {}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    vectors = np.concatenate(vector_pages)
+    n_results = min(neighbours + 1, len(ids))
+    linked: list[tuple[int, int, float]] = []
+    for start in range(0, len(ids), 256):
+        block = vectors[start : start + 256]
+        res = store.collection.query(query_embeddings=block, n_results=n_results, include=["distances"])
+        for row, (nbr_ids, dists) in enumerate(zip(res["ids"], res["distances"])):
+            a = start + row
+            for nbr, dist in zip(nbr_ids, dists):
+                b = position.get(nbr)
+                score = 1.0 - float(dist)
+                if b is None or b == a or score < near_threshold:
+                    continue
+                if hashes[a] and hashes[a] == hashes[b]:
+                    continue  # exact copies: reported above
+                linked.append((a, b, score))
+    for a, b, score in linked:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+    for a, b, score in linked:
+        root = find(a)
+        weakest[root] = min(weakest.get(root, 1.0), score)
+
+    groups: dict[int, list[int]] = {}
+    for n in range(len(ids)):
+        groups.setdefault(find(n), []).append(n)
+    near = [
+        DuplicateGroup("near", sorted(paths[n] for n in members), weakest.get(root, 1.0))
+        for root, members in groups.items()
+        if len(members) > 1
+    ]
+    exact.sort(key=lambda g: g.paths)
+    near.sort(key=lambda g: g.paths)
+    return exact, near

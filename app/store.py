@@ -1,0 +1,341 @@
+"""The database side of the photo index: ChromaDB collections, the model-fingerprint guard, the skip list.
+
+One collection per model fingerprint holds one vector per photo (cosine space; ids derived from the
+absolute path, so writes are idempotent upserts). The collection's metadata records the fingerprint,
+dimension and model name, and every read or write checks them: vectors from one model are never
+mixed with, or queried by, another. Files that could not be indexed live in a second collection
+(the skip list) so they are not retried until they change.
+
+Vectors always come from the caller (cafe_core); Chroma's embedding function is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+COLLECTION_PREFIX = "photos-"
+SKIP_COLLECTION = "cafe-photos-skipped"
+SCHEMA_VERSION = 1
+# Chroma pages: big enough to be fast, small enough to bound memory.
+PAGE = 5000
+
+
+class StoreError(Exception):
+    """The database cannot do what was asked; the message says why and what to do."""
+
+
+class ModelMismatchError(StoreError):
+    """The index was built with a different model than the one in use."""
+
+
+class NotIndexedError(StoreError):
+    """Nothing has been indexed in this database yet."""
+
+
+def photo_id(path: str) -> str:
+    """Stable record id for an absolute path (same path, same id, on every run and machine)."""
+    return hashlib.blake2b(os.fsencode(path), digest_size=16).hexdigest()
+
+
+def printable_path(path: str) -> str:
+    """A path Chroma and JSON can store (names that are not valid UTF-8 get escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def photo_record(meta) -> dict:
+    """Chroma metadata for a photo (an app.photos.PhotoMeta), with the derived fields that filters use.
+
+    `folders` lists the photo's folder and its ancestors up to the root ("in this folder" filters),
+    `cameras` the lower-case make, model and "make model" (camera filters), `taken` the capture time
+    in epoch seconds (date filters and sorting).
+    """
+    from app.photos import folder_chain
+
+    record = meta.to_dict()
+    record["folders"] = folder_chain(meta.folder, meta.root)
+    record["camera"] = meta.camera
+    record["cameras"] = sorted({c.lower() for c in (meta.camera_make, meta.camera_model, meta.camera) if c})
+    record["mtime"] = meta.mtime_ns / 1e9
+    return record
+
+
+def shard_of(record_id: str, shards: int) -> int:
+    """Which of `shards` workers owns a record: a stable split of the library."""
+    return int(record_id[:8], 16) % shards
+
+
+def connect(db_dir: str | os.PathLike | None = None, host: str | None = None, port: int | None = None):
+    """A Chroma client: an embedded PersistentClient on `db_dir`, or an HttpClient when `host` is given.
+
+    Telemetry is off in both cases.
+    """
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if host:
+        try:
+            return chromadb.HttpClient(host=host, port=int(port or 8000), settings=settings)
+        except Exception as e:  # connection refused, bad host...
+            raise StoreError(f"cannot reach the Chroma server at {host}:{port or 8000}: {e}") from e
+    if db_dir is None:
+        raise StoreError("no database folder given")
+    path = Path(db_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+def collection_name(fingerprint: str) -> str:
+    """Chroma collection name for a model fingerprint (Chroma allows [a-zA-Z0-9._-], 3-512 chars)."""
+    readable = re.sub(r"[^a-zA-Z0-9_-]+", "-", fingerprint).strip("-_")[:40]
+    digest = hashlib.blake2b(fingerprint.encode("utf-8"), digest_size=6).hexdigest()
+    return f"{COLLECTION_PREFIX}{readable}-{digest}" if readable else f"{COLLECTION_PREFIX}{digest}"
+
+
+@dataclass(frozen=True)
+class IndexedModel:
+    """What a photo collection says about the model that filled it."""
+
+    collection: str
+    fingerprint: str
+    dim: int
+    model: str
+    count: int
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """The fields of a stored record that incremental indexing compares against the disk."""
+
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class SkipRecord:
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
+    detail: str
+    max_pixels: int
+
+
+def indexed_models(client) -> list[IndexedModel]:
+    """Every photo collection in the database and the model it belongs to."""
+    found = []
+    for item in client.list_collections():
+        name = item if isinstance(item, str) else item.name
+        if not name.startswith(COLLECTION_PREFIX):
+            continue
+        col = client.get_collection(name, embedding_function=None)
+        meta = col.metadata or {}
+        found.append(
+            IndexedModel(
+                collection=name,
+                fingerprint=str(meta.get("fingerprint", "?")),
+                dim=int(meta.get("dim", 0)),
+                model=str(meta.get("model", "?")),
+                count=col.count(),
+            )
+        )
+    return found
+
+
+def _reindex_hint(model_name: str) -> str:
+    return f"python -m app index PHOTOS_DIR --db DB_DIR --model {model_name}"
+
+
+class PhotoStore:
+    """The photo vectors of one model in one Chroma database.
+
+    `create=True` makes the collection if missing (indexing); `create=False` refuses a database that
+    was indexed with another model, or not at all (searching). Both refuse vectors of the wrong size.
+    """
+
+    def __init__(self, client, fingerprint: str, dim: int, model_name: str = "", create: bool = False):
+        self.client = client
+        self.fingerprint = fingerprint
+        self.dim = int(dim)
+        self.model_name = model_name or fingerprint
+        self.name = collection_name(fingerprint)
+        self.collection = self._open(create)
+        self._skips = None
+
+    def _open(self, create: bool):
+        existing = {m.collection: m for m in indexed_models(self.client)}
+        if self.name not in existing and not create:
+            others = [m for m in existing.values() if m.count > 0] or list(existing.values())
+            if not others:
+                raise NotIndexedError(
+                    f"no photos are indexed in this database yet. Index them first: "
+                    f"{_reindex_hint(self.model_name)}"
+                )
+            listing = "; ".join(f"'{m.model}' (fingerprint {m.fingerprint}, {m.count} photos)" for m in others)
+            raise ModelMismatchError(
+                f"this database was indexed with another model: {listing}. "
+                f"The model in use, '{self.model_name}' (fingerprint {self.fingerprint}), has no index here. "
+                f"Re-index with it: {_reindex_hint(self.model_name)}  "
+                f"(or search with --model set to the model that built the index)."
+            )
+        metadata = {
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "model": self.model_name,
+            "schema": SCHEMA_VERSION,
+            "kind": "cafe-photos",
+        }
+        col = self.client.get_or_create_collection(
+            self.name,
+            embedding_function=None,  # vectors come from cafe_core only
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata=metadata,
+        )
+        meta = col.metadata or {}
+        if meta.get("fingerprint") != self.fingerprint or int(meta.get("dim", -1)) != self.dim:
+            raise ModelMismatchError(
+                f"collection {self.name} belongs to model '{meta.get('model')}' (fingerprint "
+                f"{meta.get('fingerprint')}, dim {meta.get('dim')}), not to '{self.model_name}' "
+                f"(fingerprint {self.fingerprint}, dim {self.dim}). Re-index: {_reindex_hint(self.model_name)}"
+            )
+        return col
+
+    # ------------------------------------------------------------------------------------- vectors
+
+    def _check(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ModelMismatchError(
+                f"vectors of shape {tuple(vectors.shape)} do not fit this index (dim {self.dim}, model "
+                f"'{self.model_name}'). Re-index with the model you are using: {_reindex_hint('MODEL')}"
+            )
+        return vectors
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict]) -> None:
+        """Insert or replace records by id (rerunning the same upsert changes nothing)."""
+        if not ids:
+            return
+        vectors = self._check(vectors)
+        self.collection.upsert(ids=list(ids), embeddings=vectors, metadatas=[_clean(m) for m in metadatas])
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[dict]) -> None:
+        """Replace the metadata of existing records, keeping their vectors."""
+        if ids:
+            self.collection.update(ids=list(ids), metadatas=[_clean(m) for m in metadatas])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), PAGE):
+            self.collection.delete(ids=list(ids[start : start + PAGE]))
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors by id (missing ids are absent from the result)."""
+        if not ids:
+            return {}
+        got = self.collection.get(ids=list(ids), include=["embeddings"])
+        return {i: np.asarray(v, dtype=np.float32) for i, v in zip(got["ids"], got["embeddings"])}
+
+    def get(self, ids: Sequence[str]) -> dict[str, dict]:
+        """Stored metadata by id."""
+        if not ids:
+            return {}
+        got = self.collection.get(ids=list(ids), include=["metadatas"])
+        return dict(zip(got["ids"], got["metadatas"]))
+
+    def query(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[str, float, dict]]:
+        """Top-k records by cosine similarity: [(id, score = 1 - cosine distance, metadata)]."""
+        vector = self._check(np.asarray(vector, dtype=np.float32).reshape(1, -1))
+        k = max(1, min(int(k), self.count()))
+        if self.count() == 0:
+            return []
+        res = self.collection.query(
+            query_embeddings=vector, n_results=k, where=where or None, include=["distances", "metadatas"]
+        )
+        return [
+            (i, 1.0 - float(d), m)
+            for i, d, m in zip(res["ids"][0], res["distances"][0], res["metadatas"][0])
+        ]
+
+    def iter_records(self, include_vectors: bool = False, where: dict | None = None) -> Iterator[tuple[list, list, Any]]:
+        """Page through all records: yields (ids, metadatas, vectors-or-None) per page."""
+        include = ["metadatas", "embeddings"] if include_vectors else ["metadatas"]
+        offset = 0
+        while True:
+            got = self.collection.get(include=include, limit=PAGE, offset=offset, where=where or None)
+            ids = got["ids"]
+            if not ids:
+                return
+            vecs = np.asarray(got["embeddings"], dtype=np.float32) if include_vectors else None
+            yield ids, got["metadatas"], vecs
+            if len(ids) < PAGE:
+                return
+            offset += len(ids)
+
+    def scan(self) -> dict[str, StoredPhoto]:
+        """Every stored photo's (path, size, mtime, hash), for comparison with a fresh walk."""
+        out = {}
+        for ids, metas, _ in self.iter_records():
+            for i, m in zip(ids, metas):
+                out[i] = StoredPhoto(i, m["path"], int(m["size"]), int(m["mtime_ns"]), m.get("content_hash", ""))
+        return out
+
+    # ------------------------------------------------------------------------------------ skip list
+
+    @property
+    def skips(self):
+        if self._skips is None:
+            # Records need a vector in Chroma; skipped files get a constant 1-d placeholder.
+            self._skips = self.client.get_or_create_collection(
+                SKIP_COLLECTION, embedding_function=None, metadata={"kind": "cafe-photos-skips"}
+            )
+        return self._skips
+
+    def skipped(self) -> dict[str, SkipRecord]:
+        """The skip list: files that failed to load, by id."""
+        out = {}
+        offset = 0
+        while True:
+            got = self.skips.get(include=["metadatas"], limit=PAGE, offset=offset)
+            for i, m in zip(got["ids"], got["metadatas"]):
+                out[i] = SkipRecord(
+                    i, m["path"], int(m["size"]), int(m["mtime_ns"]), m["reason"], m.get("detail", ""),
+                    int(m.get("max_pixels", 0)),
+                )
+            if len(got["ids"]) < PAGE:
+                return out
+            offset += len(got["ids"])
+
+    def add_skips(self, records: Sequence[SkipRecord]) -> None:
+        if not records:
+            return
+        self.skips.upsert(
+            ids=[r.id for r in records],
+            embeddings=np.ones((len(records), 1), dtype=np.float32),
+            metadatas=[
+                {"path": r.path, "size": r.size, "mtime_ns": r.mtime_ns, "reason": r.reason,
+                 "detail": r.detail[:500], "max_pixels": r.max_pixels}
+                for r in records
+            ],
+        )
+
+    def remove_skips(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), PAGE):
+            self.skips.delete(ids=list(ids[start : start + PAGE]))
+
+
+def _clean(meta: dict) -> dict:
+    """Chroma metadata: drop None values (Chroma cannot store them) and empty lists."""
+    return {k: v for k, v in meta.items() if v is not None and v != []}
