@@ -1,0 +1,54 @@
+"""``python -m training train|eval``: the CAFe trainer and its evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _train(argv: list[str]) -> int:
+    from data.errors import DataFormatError
+
+    from .config import ConfigError, load_config
+    from .modes import ModeUnavailable
+    from .trainer import NonFiniteLoss, train
+
+    ap = argparse.ArgumentParser(prog="python -m training train", description="Train a CAFe model.")
+    ap.add_argument("--config", help="YAML file (training/configs/*.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        final = train(cfg, resume=args.resume)
+    except (ConfigError, DataFormatError, ModeUnavailable, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if final is not None:
+        print(f"final model: {final}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not argv or argv[0] not in ("train", "eval"):
+        print("usage: python -m training {train,eval} ...  (--help after the command for its options)", file=sys.stderr)
+        return 2
+    if argv[0] == "train":
+        return _train(argv[1:])
+    from .evaluate import main as eval_main
+
+    return eval_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Checkpoints that survive kill -9: written to a temp folder, then renamed; ``LATEST`` updated atomically.
+
+Layout of ``out_dir/checkpoints/step-000200/``: ``model/`` (save_pretrained: full weights, or the LoRA
+adapter), ``trainer_state.pt`` (optimizer, scheduler, step, data position, RNG states, config).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LATEST = "LATEST"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_root: Path, step: int, save_model, state: dict, keep: int) -> Path:
+    """``save_model(folder)`` writes the weights; ``state`` goes to trainer_state.pt. Returns the folder."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:06d}"
+    tmp = ckpt_root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(tmp / "model")
+    torch.save(state, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_text_atomic(ckpt_root / LATEST, final.name)
+    # Keep the newest ``keep`` checkpoints.
+    done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in done[:-keep] if keep > 0 else []:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The last completely written checkpoint, or None."""
+    pointer = ckpt_root / LATEST
+    if pointer.exists():
+        p = ckpt_root / pointer.read_text().strip()
+        if (p / "trainer_state.pt").exists():
+            return p
+    done = sorted(p for p in ckpt_root.glob("step-*") if (p / "trainer_state.pt").exists())
+    return done[-1] if done else None

@@ -1,0 +1,128 @@
+"""Training configuration: one dataclass, loaded from YAML and overridden by ``--set key=value``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is unusable (unknown key, bad value)."""
+
+
+@dataclass
+class TrainConfig:
+    # --- model
+    base_model: str = "tiny:llava"  # hub id, local folder, or tiny:<preset> (cafe_core.tiny)
+    # --- data
+    data: str = ""  # any format data.dataset.open_dataset reads (sample-world synth folder, LLaVA JSON, JSONL/CSV, sidecar folder)
+    augment: str = "none"  # "sampleworld": varied caption granularity + tags for false-negative masking (needs ground_truth.json)
+    max_qa_turns: int = 0  # >0: keep this many random QA turns per conversation (caps sequence length)
+    caption_turn_prob: float = 1.0  # chance to keep a "Describe the photo." turn when present
+    image_max_side: int = 512  # decode-time downscale of large photos
+    num_workers: int = 0  # DataLoader worker processes
+    # --- losses
+    loss: str = "cafe"  # cafe | contrastive | lm
+    con_weight: float = 1.0
+    lm_weight: float = 1.0
+    gather_with_grad: bool = False  # see cafe_core.losses (gradient scaling across ranks)
+    forward: str = "shared"  # shared (vision once per image) | naive (reference, three passes)
+    # --- parameters
+    mode: str = "full"  # full | lora | qlora
+    lr: float = 1e-5
+    vision_lr: float = 2e-6  # vision tower learning rate (full fine-tune; or LoRA with lora_vision)
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_vision: bool = False
+    merge_lora: bool = True  # final folder: LoRA merged into the base weights
+    optim: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
+    # --- schedule
+    epochs: float = 1.0
+    max_steps: int = 0  # >0 overrides epochs
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    grad_checkpointing: bool = False
+    precision: str = "auto"  # auto (bf16 on capable GPUs, fp32 on CPU) | fp32 | bf16 | fp16
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch.set_num_threads when > 0
+    # --- distributed
+    distributed: str = "ddp"  # ddp | fsdp (for models that do not fit one GPU)
+    # --- output
+    out_dir: str = "runs/default"
+    save_every: int = 200  # optimizer steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_data: str = ""  # sample-world split evaluated at the end (table goes in the model card)
+    eval_max_questions: int = 300
+    eval_max_photos: int = 300
+    save_dtype: str = "float32"  # dtype of the final folder's weights (bfloat16 halves its size)
+    notes: dict = field(default_factory=dict)  # free-form, copied into the model card
+
+    def validate(self) -> "TrainConfig":
+        choices = {
+            "loss": ("cafe", "contrastive", "lm"), "forward": ("shared", "naive"), "mode": ("full", "lora", "qlora"),
+            "optim": ("adamw", "adamw8bit"), "schedule": ("cosine", "constant"), "augment": ("none", "sampleworld"),
+            "precision": ("auto", "fp32", "bf16", "fp16"), "distributed": ("ddp", "fsdp"),
+            "save_dtype": ("float32", "bfloat16", "float16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
+        if not self.data:
+            raise ConfigError("no training data: set data: PATH in the config or --set data=PATH")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+        return self
+
+
+def _coerce(name: str, raw: str, current):
+    typ = type(current)
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if typ in (int, float, str):
+            return typ(raw)
+        return yaml.safe_load(raw)
+    except ValueError:
+        raise ConfigError(f"--set {name}={raw}: expected a {typ.__name__}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Load a YAML config (optional) and apply ``key=value`` overrides; unknown keys are errors."""
+    known = {f.name for f in fields(TrainConfig)}
+    values: dict = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        values = yaml.safe_load(p.read_text()) or {}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{p}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    cfg = TrainConfig(**values)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        if key not in known:
+            raise ConfigError(f"--set {key}: unknown config key; known keys: {sorted(known)}")
+        setattr(cfg, key, _coerce(key, raw, getattr(cfg, key)))
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

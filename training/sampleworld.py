@@ -1,0 +1,93 @@
+"""Sample-world training recipe: caption granularity, tags for false-negative masking, turn sampling.
+
+Only used with ``augment: sampleworld`` on a ``python -m data synth`` folder (it reads ground_truth.json).
+Every random choice is seeded by (seed, epoch, sample id), so a resumed run sees the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from data.formats import Turn
+from data.vocab import BACKGROUNDS, COLORS, SHAPES
+
+# Tag space for false-negative masking: one bit per (color, shape) object kind, one per background.
+TAGS = [f"{c} {s}" for c in COLORS for s in SHAPES] + [f"bg:{b}" for b in BACKGROUNDS]
+TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
+
+
+def _tags(names) -> np.ndarray:
+    v = np.zeros(len(TAGS), dtype=np.float32)
+    for n in names:
+        v[TAG_INDEX[n]] = 1.0
+    return v
+
+
+@dataclass
+class AugmentedSample:
+    id: str
+    image: object
+    conversation: list
+    caption: str
+    text_tags: np.ndarray
+    image_tags: np.ndarray
+
+
+class SampleWorldAugment:
+    """Rewrites each sample's contrastive caption and conversation from the sample world's ground truth.
+
+    Contrastive text: a full caption paraphrase (prob ``p_full``) or a short object query
+    ("a red circle", "a small red circle on the left"), the kind people type; tags say which objects
+    (and background) the text names, so photos that also match are not used as negatives.
+    Conversation: the describe turn with prob ``caption_turn_prob``, plus ``max_qa_turns`` random turns
+    drawn from the photo's QA pairs and POPE probes (yes/no questions ground the answers in the image).
+    """
+
+    def __init__(self, data_dir: str | Path, seed: int, max_qa_turns: int = 6, caption_turn_prob: float = 0.3,
+                 p_full: float = 0.5):
+        gt_path = Path(data_dir) / "ground_truth.json"
+        if not gt_path.exists():
+            raise FileNotFoundError(f"augment: sampleworld needs {gt_path} (a `python -m data synth` folder)")
+        self.photos = {p["id"]: p for p in json.loads(gt_path.read_text())["photos"]}
+        self.seed, self.max_qa_turns, self.caption_turn_prob, self.p_full = seed, max_qa_turns, caption_turn_prob, p_full
+
+    def _rng(self, epoch: int, sample_id: str) -> random.Random:
+        h = hashlib.sha256(f"{self.seed}|{epoch}|{sample_id}".encode()).digest()
+        return random.Random(int.from_bytes(h[:8], "little"))
+
+    def __call__(self, sample, epoch: int):
+        gt = self.photos.get(sample.id)
+        if gt is None or sample.image is None:
+            return sample
+        rng = self._rng(epoch, sample.id)
+        objects = gt["objects"]
+        image_tags = _tags([f"{o['color']} {o['shape']}" for o in objects] + [f"bg:{gt['background']}"])
+        if rng.random() < self.p_full:
+            caption = rng.choice(gt["captions"])
+            named = [f"{o['color']} {o['shape']}" for o in objects] + [f"bg:{gt['background']}"]
+        else:
+            o = rng.choice(objects)
+            form = rng.randrange(4)
+            caption = [
+                f"a {o['color']} {o['shape']}",
+                f"a {o['size']} {o['color']} {o['shape']}",
+                f"a {o['color']} {o['shape']} on the {o['position']}" if o["position"] != "middle" else f"a {o['color']} {o['shape']} in the middle",
+                f"a {o['color']} {o['shape']} on a {gt['background']} background",
+            ][form]
+            named = [f"{o['color']} {o['shape']}"] + ([f"bg:{gt['background']}"] if form == 3 else [])
+        pool = [(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] != "describe"]
+        pool += [(p["question"], p["answer"]) for p in gt.get("pope", [])]
+        turns: list[Turn] = []
+        if rng.random() < self.caption_turn_prob:
+            describe = next((q for q in gt["qa"] if q["qtype"] == "describe"), None)
+            if describe:
+                turns += [Turn("user", describe["question"]), Turn("assistant", rng.choice(gt["captions"]))]
+        for q, a in rng.sample(pool, min(self.max_qa_turns, len(pool))):
+            turns += [Turn("user", q), Turn("assistant", a)]
+        return AugmentedSample(sample.id, sample.image, turns, caption, _tags(named), image_tags)

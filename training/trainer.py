@@ -1,0 +1,395 @@
+"""The CAFe trainer: one linear loop (nanoGPT style) with DDP/FSDP, accumulation, checkpoints and resume.
+
+Run: ``python -m training train --config training/configs/tiny-cpu.yaml [--set key=value ...]``, or
+``torchrun --nproc_per_node N -m training train ...`` for several processes (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+
+from cafe_core.forward import collate, naive_forward, shared_forward
+from cafe_core.inputs import PromptEncoder
+from cafe_core.loading import load_model_and_processor, resolve_device
+from cafe_core.losses import CafeLoss
+
+from .checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .modes import apply_mode, make_optimizer, param_groups, preflight
+
+log = logging.getLogger("training")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the run stopped and the last good checkpoint was kept."""
+
+
+class TrainStep(nn.Module):
+    """Wraps the model so DDP/FSDP see one forward per micro-step (their hooks need it)."""
+
+    def __init__(self, model, encoder: PromptEncoder, forward: str, need_lm: bool, need_embeddings: bool):
+        super().__init__()
+        self.model, self.encoder = model, encoder
+        self.forward_kind, self.need_lm, self.need_embeddings = forward, need_lm, need_embeddings
+
+    def forward(self, batch):
+        if self.forward_kind == "naive":
+            out = naive_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
+        else:
+            out = shared_forward(self.model, batch, self.need_lm, self.need_embeddings)
+        return out.lm_loss, out.image_emb, out.text_emb
+
+
+# ---------------------------------------------------------------------- setup helpers
+def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    """Init the process group under torchrun; returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return None
+    if cfg.precision in ("bf16", "auto"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16 if cfg.precision == "auto" else None
+        return torch.bfloat16
+    return torch.float16
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_ratio`` of the steps, then cosine (or constant) decay."""
+    warmup = max(1, math.ceil(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Prefetcher:
+    """Loads and collates the next batches in a background thread, in a fixed order (exact resume)."""
+
+    def __init__(self, make_batches, depth: int = 2):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, args=(make_batches,), daemon=True)
+        self.thread.start()
+
+    def _run(self, make_batches):
+        try:
+            for item in make_batches():
+                self.q.put(("ok", item))
+            self.q.put(("end", None))
+        except BaseException as e:  # re-raised in the training thread
+            self.q.put(("error", e))
+
+    def __iter__(self):
+        while True:
+            kind, item = self.q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+
+
+# ---------------------------------------------------------------------- the run
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg.validate()
+        self.resume = resume
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.rank, self.world, self.device = setup_distributed(cfg.device)
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        preflight(cfg, self.device)  # before any data or model work
+
+        from data.dataset import open_dataset
+
+        self.dataset = open_dataset(cfg.data, max_side=cfg.image_max_side)  # clear error when missing/empty
+        self.augment = None
+        if cfg.augment == "sampleworld":
+            from .sampleworld import SampleWorldAugment
+
+            self.augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.max_qa_turns or 6, cfg.caption_turn_prob)
+
+        self.state = {"step": 0, "epoch": 0, "consumed": 0}  # consumed: samples of this epoch, all ranks
+        start = latest_checkpoint(self.ckpt_root) if resume else None
+        self._seed_everything(cfg.seed + self.rank)
+        model_source = cfg.base_model
+        if start is not None and cfg.mode == "full":
+            model_source = str(start / "model")
+        quant = "4bit" if cfg.mode == "qlora" else None
+        model, self.processor = load_model_and_processor(model_source, self.device, "float32", quant)
+        if start is not None and cfg.mode != "full":
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(model, str(start / "model"), is_trainable=True)
+        else:
+            self.model = apply_mode(model, cfg)
+        self.model.train()
+        if cfg.grad_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.encoder = PromptEncoder(self.processor)
+        self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
+                                gather_with_grad=cfg.gather_with_grad)
+        self.step_module = self._wrap(TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm,
+                                                self.loss_fn.needs_embeddings))
+        self.optimizer = make_optimizer(param_groups(self.model, cfg), cfg)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        per_step = cfg.batch_size * cfg.grad_accum * self.world
+        self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(self.dataset) // per_step))
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        if start is not None:
+            self._load_state(start)
+
+    # -- setup
+    @staticmethod
+    def _seed_everything(seed: int):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return module
+        if self.cfg.distributed == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+            layer_classes = {type(m) for m in module.modules() if type(m).__name__ in set(getattr(self.model, "_no_split_modules", []) or [])}
+            return FSDP(module, auto_wrap_policy=ModuleWrapPolicy(layer_classes) if layer_classes else None,
+                        device_id=self.device if self.device.type == "cuda" else None, use_orig_params=True)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(module, device_ids=[self.device] if self.device.type == "cuda" else None, find_unused_parameters=True)
+
+    # -- state
+    def _load_state(self, ckpt: Path):
+        st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.state = st["position"]
+        rngs = st["rng"]
+        set_rng_state(rngs[self.rank] if isinstance(rngs, list) and len(rngs) > self.rank else rngs)
+        if self.is_main:
+            log.info("resumed from %s at step %d", ckpt, self.state["step"])
+
+    def _save(self, step: int) -> Path | None:
+        rngs = [rng_state()]
+        if self.world > 1:  # every rank's RNG, so a resumed rank continues its own stream
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if not self.is_main:
+            return None
+        state = {"optimizer": self.optimizer.state_dict(), "position": dict(self.state), "rng": rngs,
+                 "config": asdict(self.cfg)}
+
+        def save_model(folder: Path):
+            self.model.save_pretrained(folder)
+            self.processor.save_pretrained(folder)
+
+        return save_checkpoint(self.ckpt_root, step, save_model, state, self.cfg.keep_checkpoints)
+
+    # -- data
+    def _batches(self):
+        """Yield collated batches forever, epoch after epoch, from the saved data position."""
+        cfg = self.cfg
+        epoch, consumed = self.state["epoch"], self.state["consumed"]
+        while True:
+            ds = self.dataset.shuffle(cfg.seed).set_epoch(epoch).skip(consumed)
+            if self.world > 1:
+                ds = ds.shard(self.rank, self.world)
+            chunk = []
+            for sample in ds:
+                if self.augment is not None:
+                    sample = self.augment(sample, epoch)
+                chunk.append(sample)
+                if len(chunk) == cfg.batch_size:
+                    consumed += cfg.batch_size * self.world
+                    yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), (epoch, consumed)
+                    chunk = []
+            epoch, consumed = epoch + 1, 0  # drop the last partial batch
+
+    # -- loop
+    def _all_finite(self, t: torch.Tensor) -> bool:
+        ok = torch.tensor([1.0 if bool(torch.isfinite(t).all()) else 0.0], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item() == 1.0)
+
+    def _log(self, record: dict):
+        if not self.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int):
+        """After a resume, drop metric lines of steps that will be redone."""
+        path = self.out / "metrics.jsonl"
+        if not self.is_main or not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        self._truncate_metrics(self.state["step"])
+        batches = iter(Prefetcher(self._batches))
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
+                   disable=not self.is_main, dynamic_ncols=True)
+        t_last, samples_since = time.perf_counter(), 0
+        while self.state["step"] < self.total_steps:
+            step = self.state["step"]
+            factor = lr_factor(step, self.total_steps, cfg)
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = base * factor
+            sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0}
+            for micro in range(cfg.grad_accum):
+                batch, position = next(batches)
+                batch.to(self.device, None)
+                sync = micro == cfg.grad_accum - 1 or self.world == 1
+                ctx = self.step_module.no_sync() if (not sync and hasattr(self.step_module, "no_sync")) else _null()
+                with ctx:
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        lm, img, txt = self.step_module(batch)
+                    out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
+                                       image_tags=batch.image_tags, lm_value=lm)
+                    if not self._all_finite(out.loss.detach()):
+                        raise NonFiniteLoss(self._nan_message(step))
+                    (out.loss / cfg.grad_accum).backward()
+                sums["loss"] += out.loss.item() / cfg.grad_accum
+                if out.lm_loss is not None:
+                    sums["lm_loss"] += out.lm_loss.item() / cfg.grad_accum
+                if out.con_loss is not None:
+                    sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
+                samples_since += cfg.batch_size * self.world
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not self._all_finite(gnorm.detach()):
+                raise NonFiniteLoss(self._nan_message(step, what="gradient norm"))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state = {"step": step + 1, "epoch": position[0], "consumed": position[1]}
+            now = time.perf_counter()
+            rate = samples_since / max(1e-9, now - t_last)
+            record = {"step": step + 1, "epoch": position[0], **sums, "lr": self.optimizer.param_groups[0]["lr"],
+                      "grad_norm": float(gnorm), "samples_per_s": rate}
+            if self.loss_fn.mode == "lm":
+                record.pop("con_loss")
+            if self.loss_fn.mode == "contrastive":
+                record.pop("lm_loss")
+            self._log(record)
+            if (step + 1) % cfg.log_every == 0 or step == 0:
+                t_last, samples_since = now, 0
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{rate:.1f}")
+            bar.update(1)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
+                self._save(step + 1)
+        bar.close()
+        self._save(self.total_steps)
+        final = self._export_final() if self.is_main else None
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+    def _nan_message(self, step: int, what: str = "loss") -> str:
+        last = latest_checkpoint(self.ckpt_root)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        return (f"the {what} became NaN/inf at step {step + 1}; stopping ({kept}). "
+                "Lower the learning rate, enable gradient clipping, or use fp32/bf16 instead of fp16.")
+
+    def _export_final(self) -> Path:
+        """Write ``out_dir/final``: a standard Hugging Face folder (LoRA merged on request) + model card."""
+        from .card import write_model_card
+        from .plots import plot_training_curves
+
+        final = self.out / "final"
+        tmp = self.out / ".final.tmp"
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = self.model
+        if self.cfg.mode != "full" and self.cfg.merge_lora:
+            model = model.merge_and_unload()
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.save_dtype]
+        if dtype != torch.float32:
+            model = model.to(dtype)
+        model.save_pretrained(tmp)
+        self.processor.save_pretrained(tmp)
+        if dtype != torch.float32:
+            model.to(torch.float32)
+        metrics_path = self.out / "metrics.jsonl"
+        if metrics_path.exists():
+            plot_training_curves(metrics_path, tmp / "training_curves.png")
+        eval_metrics = None
+        if self.cfg.eval_data:
+            eval_metrics = self._final_eval(tmp)
+        write_model_card(tmp, self.cfg, self.total_steps, eval_metrics)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        log.info("final model written to %s", final)
+        return final
+
+    def _final_eval(self, folder: Path) -> dict:
+        from cafe_core import CafeModel
+
+        from .evaluate import EvalConfig, evaluate
+
+        model = CafeModel.load(folder, device=str(self.device), dtype="float32")
+        cfg = EvalConfig(max_questions=self.cfg.eval_max_questions, max_photos=self.cfg.eval_max_photos)
+        metrics = evaluate(model, self.cfg.eval_data, cfg)
+        (folder / "eval.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path | None:
+    """Run a training job; returns the final folder on rank 0."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
