@@ -3,7 +3,7 @@
 Layout of OUT_DIR:
     photos/<id>.jpg      the JPEGs (some stored rotated with an EXIF Orientation tag)
     llava.json           one LLaVA conversation record per photo (the training format)
-    captions.jsonl       {"image", "caption"} lines (image-caption pairs)
+    captions.jsonl       {"id", "image", "caption"} lines (image-caption pairs)
     ground_truth.json    everything true about each photo + album-level questions (for evaluators)
 
 Every file is written atomically: photos first, then the JSON files (ground_truth.json last), then
@@ -140,7 +140,7 @@ def write_album(
     atomic_write_json(out / LLAVA_FILE, [llava_record(g) for g in gts])
     atomic_write_text(
         out / CAPTIONS_FILE,
-        "".join(json.dumps({"image": g["image"], "caption": g["caption"]}, ensure_ascii=False) + "\n" for g in gts),
+        "".join(json.dumps({"id": g["id"], "image": g["image"], "caption": g["caption"]}, ensure_ascii=False) + "\n" for g in gts),
     )
     # Last: ground_truth.json present means the album is complete.
     atomic_write_json(out / GROUND_TRUTH_FILE, ground_truth)

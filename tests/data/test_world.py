@@ -241,6 +241,17 @@ def test_upright_photos_carry_orientation_1_and_date():
     assert raw.getexif()[EXIF_ORIENTATION] == 1
 
 
+def test_palette_colors_are_far_apart():
+    names = list(COLOR_RGB)
+    assert set(names) == set(vocab.COLORS)
+    dist = {
+        (a, b): float(np.linalg.norm(np.subtract(COLOR_RGB[a], COLOR_RGB[b])))
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    }
+    assert min(dist.values()) >= 85, min(dist.items(), key=lambda kv: kv[1])
+
+
 def test_object_colors_survive_downscaling_to_96px():
     """The tiny model sees 96x96: every object's color must still be its nearest palette color there."""
     names = list(COLOR_RGB)
