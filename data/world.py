@@ -12,7 +12,6 @@ import io
 import itertools
 import math
 import random
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
