@@ -1,0 +1,155 @@
+"""Shared-vision training forward == naive three-pass forward (losses, embeddings, gradients), with the
+vision tower run once per image instead of twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from cafe_core.forward import collate, naive_forward, shared_forward
+from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
+from cafe_core.loading import load_model_and_processor
+from cafe_core.losses import CafeLoss
+from cafe_core.prompts import Turn
+
+from .conftest import ARCHS, noise_image
+
+TOL = 1e-4
+
+
+@dataclass
+class Sample:
+    image: object
+    conversation: list
+    caption: str | None
+
+
+def _samples(images_only: bool = False) -> list[Sample]:
+    qa = [Turn("user", "what color is the circle?"), Turn("assistant", "red"),
+          Turn("user", "how many objects are there?"), Turn("assistant", "two")]
+    samples = [
+        Sample(noise_image(0, 32, 32), qa, "a red circle on the left"),
+        Sample(noise_image(1, 90, 40), [Turn("user", "Describe the photo."), Turn("assistant", "a blue star")], "a blue star"),
+        Sample(noise_image(2, 30, 100), [Turn("user", "what?"), Turn("assistant", "a tall photo")],
+               "a photo of a green triangle in the middle on a white background"),
+    ]
+    if not images_only:
+        samples += [
+            Sample(None, [Turn("user", "hello"), Turn("assistant", "hi there")], None),  # text-only chat
+            Sample(noise_image(3, 50, 50), [Turn("user", "what?"), Turn("assistant", "nothing")], None),  # no caption
+        ]
+    return samples
+
+
+@pytest.fixture(scope="module")
+def trainable(tiny_dirs):
+    """Fresh fp32 copies in train mode (the session CafeModels stay untouched)."""
+    out = {}
+    for arch in ARCHS:
+        model, processor = load_model_and_processor(tiny_dirs[arch], device="cpu", dtype="float32")
+        out[arch] = (model.train(), PromptEncoder(processor))
+    return out
+
+
+def test_collate_labels_cover_only_answers(trainable):
+    model, enc = trainable["llava-onevision"]
+    batch = collate(enc, _samples())
+    assert batch.embed_rows == [0, 1, 2]
+    assert batch.sample_image == [0, 1, 2, None, 3]
+    ids, labels = batch.conv["input_ids"], batch.conv["labels"]
+    supervised = [enc.tokenizer.decode(ids[b][labels[b] != IGNORE_INDEX]) for b in range(len(ids))]
+    assert supervised[0] == "red<|im_end|>two<|im_end|>"
+    assert supervised[3] == "hi there<|im_end|>"
+    assert (labels[batch.conv["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_equals_naive_losses_and_embeddings(trainable, arch):
+    model, enc = trainable[arch]
+    batch = collate(enc, _samples())
+    with torch.no_grad():
+        s = shared_forward(model, batch)
+        n = naive_forward(model, batch, enc)
+    assert abs(s.lm_loss.item() - n.lm_loss.item()) <= TOL
+    assert s.image_emb.shape == n.image_emb.shape == (3, model.config.text_config.hidden_size)
+    assert (s.image_emb - n.image_emb).abs().max().item() <= TOL
+    assert (s.text_emb - n.text_emb).abs().max().item() <= TOL
+    # Switches: LM only / embeddings only.
+    with torch.no_grad():
+        lm_only = shared_forward(model, batch, need_embeddings=False)
+        emb_only = shared_forward(model, batch, need_lm=False)
+    assert lm_only.image_emb is None and emb_only.lm_loss is None
+    assert abs(lm_only.lm_loss.item() - s.lm_loss.item()) <= TOL
+    assert (emb_only.image_emb - s.image_emb).abs().max().item() <= TOL
+
+
+class _RowCounter:
+    """Counts calls and input rows (images / anyres tiles) of the vision tower through a forward hook."""
+
+    def __init__(self, module):
+        self.calls, self.rows = 0, 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        self.rows += args[0].shape[0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vision_tower_runs_once_per_image(trainable, arch):
+    model, enc = trainable[arch]
+    samples = _samples(images_only=True)  # every sample has an image and a caption
+    tower = model.model.vision_tower
+    # Rows of one pass over these images, measured one image at a time.
+    per_image = 0
+    for s in samples:
+        one = collate(enc, [s], with_embeddings=False)
+        counter = _RowCounter(tower)
+        with torch.no_grad():
+            model(**one.conv, **one.pixel)
+        counter.handle.remove()
+        per_image += counter.rows
+    batch = collate(enc, samples)
+    with torch.no_grad():
+        counter = _RowCounter(tower)
+        shared_forward(model, batch)
+        counter.handle.remove()
+        shared_calls, shared_rows = counter.calls, counter.rows
+        counter = _RowCounter(tower)
+        naive_forward(model, batch, enc)
+        counter.handle.remove()
+    assert (shared_calls, shared_rows) == (1, per_image)
+    assert counter.rows == 2 * per_image
+    if arch == "llava-onevision":  # anyres: tiles, not just one row per image
+        assert per_image > len(samples)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_equals_naive_gradients(trainable, arch):
+    model, enc = trainable[arch]
+    batch = collate(enc, _samples())
+    loss_fn = CafeLoss("cafe")
+    params = dict(model.named_parameters())
+    # Vision tower (its module path differs between the two architectures), projector, LM, embeddings.
+    suffixes = [
+        "embeddings.patch_embedding.weight",
+        "encoder.layers.0.self_attn.q_proj.weight",
+        "multi_modal_projector.linear_1.weight",
+        "language_model.layers.0.self_attn.q_proj.weight",
+        "language_model.layers.1.mlp.down_proj.weight",
+        "language_model.embed_tokens.weight",
+    ]
+    names = [next(n for n in params if n.endswith(sfx)) for sfx in suffixes]
+    grads = {}
+    for which in ("shared", "naive"):
+        model.zero_grad(set_to_none=True)
+        out = shared_forward(model, batch) if which == "shared" else naive_forward(model, batch, enc)
+        loss_fn(lm_value=out.lm_loss, image_emb=out.image_emb, text_emb=out.text_emb).loss.backward()
+        grads[which] = {k: params[k].grad.clone() for k in names}
+    model.zero_grad(set_to_none=True)
+    for k in names:
+        g_s, g_n = grads["shared"][k], grads["naive"][k]
+        assert g_n.abs().max() > 1e-6, f"{k}: no gradient reached this parameter"
+        torch.testing.assert_close(g_s, g_n, rtol=1e-4, atol=1e-6, msg=f"{arch} {k}")
