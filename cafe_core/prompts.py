@@ -114,4 +114,21 @@ def generation_prompt(question: str, n_images: int = 0, history: Sequence = ()) 
     return render_chat([*turns, Turn("user", with_images(question, n_images))], add_generation_prompt=True)
 
 
+# Grounded answers (app.answer, and the training recipe that teaches them): each retrieved photo is
+# introduced with its number and date, the question follows, and the answer cites photos as [n].
+GROUNDED_PHOTO_LINE = "Photo [{n}], taken {date}: " + IMAGE_PLACEHOLDER + "\n"
+GROUNDED_QUESTION = "Question: {question}"
+
+
+def grounded_user_content(question: str, dates: Sequence[str]) -> str:
+    """User content of a grounded question over ``len(dates)`` photos numbered [1], [2], ..."""
+    photos = "".join(GROUNDED_PHOTO_LINE.format(n=i + 1, date=d) for i, d in enumerate(dates))
+    return photos + GROUNDED_QUESTION.format(question=question)
+
+
+def cite(answer: str, n: int) -> str:
+    """The grounded answer format the model is trained to produce: ``"gray [1]"``."""
+    return f"{answer} [{n}]"
+
+
 ASSISTANT_HEADER = f"{IM_START}assistant\n"  # tokens before each assistant answer (masked in the LM loss)

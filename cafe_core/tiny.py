@@ -104,8 +104,8 @@ PRESETS: dict[str, TinyPreset] = {
     "llava-onevision": TinyPreset("llava-onevision", image_size=32, patch_size=8),
     # The shipped demo model's architecture (plain LLaVA: fixed 64 image tokens at 96 px).
     "llava-demo": TinyPreset(
-        "llava", image_size=96, patch_size=12, vision_hidden=192, vision_layers=4, vision_heads=3,
-        text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768, vocab_size=800,
+        "llava", image_size=96, patch_size=12, vision_hidden=128, vision_layers=3, vision_heads=2,
+        text_hidden=192, text_layers=3, text_heads=3, text_kv_heads=1, text_intermediate=512, vocab_size=800,
     ),
 }
 

@@ -524,6 +524,30 @@ def _candidate_reqs(spec: PhotoSpec, rng: random.Random) -> list[tuple[Requireme
     return out
 
 
+ALBUM_FORMS = ("background", "count_objects", "year", "position")
+
+
+def referring_question(spec: PhotoSpec, reqs: Sequence[Requirement], form: str, rng: random.Random) -> tuple[str, str]:
+    """A question about ``spec`` that names it by its content (``reqs``): ``(question, answer)``.
+
+    ``form`` is one of ALBUM_FORMS; the year is not visible in the pixels (it comes from EXIF), so a
+    grounded answerer must read it from the photo's metadata.
+    """
+    the = f"the photo with {_describe_reqs(reqs)}"
+    if form == "background":
+        return f"What color is the background in {the}?", spec.background
+    if form == "count_objects":
+        return f"How many objects are in {the}?", NUMBER_WORDS[len(spec.objects)]
+    if form == "year":
+        return f"In what year was {the} taken?", str(spec.date.year)
+    if form != "position":
+        raise ValueError(f"unknown album question form {form!r}")
+    pos = rng.choice(POSITIONS)
+    by_pos = {o.position: o for o in spec.objects}
+    a = object_phrase(by_pos[pos]) if pos in by_pos else NOTHING_ANSWER
+    return f"What is {position_phrase(pos)} in {the}?", a
+
+
 def album_questions(specs: Sequence[PhotoSpec], rng: random.Random, max_questions: int | None = None) -> list[AlbumQA]:
     """Questions that name a photo by its content ("... in the photo with the purple star?").
 
@@ -544,19 +568,8 @@ def album_questions(specs: Sequence[PhotoSpec], rng: random.Random, max_question
         reqs = next((r for r in _candidate_reqs(spec, rng) if len(_matching_ids(index, r)) == 1), None)
         if reqs is None:
             continue
-        the = f"the photo with {_describe_reqs(reqs)}"
-        form = rng.choice(("background", "count_objects", "year", "position"))
-        if form == "background":
-            q, a = f"What color is the background in {the}?", spec.background
-        elif form == "count_objects":
-            q, a = f"How many objects are in {the}?", NUMBER_WORDS[len(spec.objects)]
-        elif form == "year":
-            q, a = f"In what year was {the} taken?", str(spec.date.year)
-        else:
-            pos = rng.choice(POSITIONS)
-            by_pos = {o.position: o for o in spec.objects}
-            a = object_phrase(by_pos[pos]) if pos in by_pos else NOTHING_ANSWER
-            q = f"What is {position_phrase(pos)} in {the}?"
+        form = rng.choice(ALBUM_FORMS)
+        q, a = referring_question(spec, reqs, form, rng)
         out.append(AlbumQA(q, a, (spec.id,), qtype=f"album_{form}", refers_to=tuple(reqs)))
     return out
 

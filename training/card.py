@@ -10,10 +10,7 @@ import yaml
 from cafe_core import prompts
 
 from .config import TrainConfig
-
-MAIN_METRICS = ["t2i_object_recall@1", "t2i_recall@1", "t2i_recall@5", "i2t_recall@1", "i2t_recall@5",
-                "vqa_accuracy", "pope_random_accuracy", "pope_popular_accuracy", "pope_adversarial_accuracy",
-                "pope_adversarial_f1", "modality_gap"]
+from .eval_metrics import HEADLINE_METRICS
 
 
 def write_model_card(folder: Path, cfg: TrainConfig, steps: int, eval_metrics: dict | None) -> Path:
@@ -44,8 +41,8 @@ def write_model_card(folder: Path, cfg: TrainConfig, steps: int, eval_metrics: d
         lines += ["![training curves](training_curves.png)", ""]
     if eval_metrics:
         lines += [f"## Evaluation (`python -m training eval`, data `{cfg.eval_data}`)", "", "| metric | value |", "|---|---|"]
-        for k in MAIN_METRICS:
-            if k in eval_metrics:
+        for k in HEADLINE_METRICS:
+            if isinstance(eval_metrics.get(k), (int, float)):
                 lines.append(f"| {k} | {eval_metrics[k]:.3f} |")
         lines.append("")
     path = folder / "README.md"

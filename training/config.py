@@ -22,6 +22,9 @@ class TrainConfig:
     augment: str = "none"  # "sampleworld": varied caption granularity + tags for false-negative masking (needs ground_truth.json)
     max_qa_turns: int = 0  # >0: keep this many random QA turns per conversation (caps sequence length)
     caption_turn_prob: float = 1.0  # chance to keep a "Describe the photo." turn when present
+    p_full_caption: float = 0.5  # sampleworld: contrastive text is a full caption (else a short object query)
+    p_question_caption: float = 0.0  # sampleworld: contrastive text is a question naming the photo
+    p_grounded: float = 0.0  # sampleworld: conversation opens with the app's grounded-answer format
     image_max_side: int = 512  # decode-time downscale of large photos
     num_workers: int = 0  # DataLoader worker processes
     # --- losses

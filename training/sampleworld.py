@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cafe_core import prompts
 from data.formats import Turn
 from data.vocab import BACKGROUNDS, COLORS, SHAPES
+from data.world import ALBUM_FORMS, PhotoSpec, referring_question
 
 # Tag space for false-negative masking: one bit per (color, shape) object kind, one per background.
 TAGS = [f"{c} {s}" for c in COLORS for s in SHAPES] + [f"bg:{b}" for b in BACKGROUNDS]
@@ -50,12 +52,21 @@ class SampleWorldAugment:
     """
 
     def __init__(self, data_dir: str | Path, seed: int, max_qa_turns: int = 6, caption_turn_prob: float = 0.3,
-                 p_full: float = 0.5):
+                 p_full: float = 0.5, p_grounded: float = 0.0, p_question: float = 0.0):
         gt_path = Path(data_dir) / "ground_truth.json"
         if not gt_path.exists():
             raise FileNotFoundError(f"augment: sampleworld needs {gt_path} (a `python -m data synth` folder)")
         self.photos = {p["id"]: p for p in json.loads(gt_path.read_text())["photos"]}
         self.seed, self.max_qa_turns, self.caption_turn_prob, self.p_full = seed, max_qa_turns, caption_turn_prob, p_full
+        self.p_grounded, self.p_question = p_grounded, p_question
+
+    @staticmethod
+    def _referring(gt: dict, rng: random.Random) -> tuple[tuple, list[str]]:
+        """A description of the photo by 1-2 of its objects (sometimes with size) + the tags it names."""
+        objs = rng.sample(gt["objects"], min(len(gt["objects"]), rng.choice((1, 1, 2))))
+        sized = rng.random() < 0.3
+        reqs = tuple((o["color"], o["shape"], o["size"] if sized else None) for o in objs)
+        return reqs, [f"{o['color']} {o['shape']}" for o in objs]
 
     def _rng(self, epoch: int, sample_id: str) -> random.Random:
         h = hashlib.sha256(f"{self.seed}|{epoch}|{sample_id}".encode()).digest()
@@ -68,7 +79,11 @@ class SampleWorldAugment:
         rng = self._rng(epoch, sample.id)
         objects = gt["objects"]
         image_tags = _tags([f"{o['color']} {o['shape']}" for o in objects] + [f"bg:{gt['background']}"])
-        if rng.random() < self.p_full:
+        r = rng.random()
+        if r < self.p_question:  # the questions people ask the album retrieve their photo too
+            reqs, named = self._referring(gt, rng)
+            caption, _ = referring_question(PhotoSpec.from_dict(gt), reqs, rng.choice(ALBUM_FORMS), rng)
+        elif r < self.p_question + self.p_full:
             caption = rng.choice(gt["captions"])
             named = [f"{o['color']} {o['shape']}" for o in objects] + [f"bg:{gt['background']}"]
         else:
@@ -84,6 +99,11 @@ class SampleWorldAugment:
         pool = [(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] != "describe"]
         pool += [(p["question"], p["answer"]) for p in gt.get("pope", [])]
         turns: list[Turn] = []
+        if rng.random() < self.p_grounded:  # the app's grounded-answer format, one photo cited as [1]
+            reqs, _ = self._referring(gt, rng)
+            q, a = referring_question(PhotoSpec.from_dict(gt), reqs, rng.choice(ALBUM_FORMS), rng)
+            content = prompts.grounded_user_content(q, [gt["date"][:10]])
+            turns += [Turn("user", content), Turn("assistant", prompts.cite(a, 1))]
         if rng.random() < self.caption_turn_prob:
             describe = next((q for q in gt["qa"] if q["qtype"] == "describe"), None)
             if describe:

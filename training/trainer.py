@@ -137,7 +137,8 @@ class Trainer:
         if cfg.augment == "sampleworld":
             from .sampleworld import SampleWorldAugment
 
-            self.augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.max_qa_turns or 6, cfg.caption_turn_prob)
+            self.augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.max_qa_turns or 6, cfg.caption_turn_prob,
+                                              cfg.p_full_caption, cfg.p_grounded, cfg.p_question_caption)
 
         self.state = {"step": 0, "epoch": 0, "consumed": 0}  # consumed: samples of this epoch, all ranks
         start = latest_checkpoint(self.ckpt_root) if resume else None
@@ -371,7 +372,8 @@ class Trainer:
         from .evaluate import EvalConfig, evaluate
 
         model = CafeModel.load(folder, device=str(self.device), dtype="float32")
-        cfg = EvalConfig(max_questions=self.cfg.eval_max_questions, max_photos=self.cfg.eval_max_photos)
+        cfg = EvalConfig(out_dir=folder / "eval", max_questions=self.cfg.eval_max_questions,
+                         max_photos=self.cfg.eval_max_photos, progress=False)
         metrics = evaluate(model, self.cfg.eval_data, cfg)
         (folder / "eval.json").write_text(json.dumps(metrics, indent=2))
         return metrics
