@@ -39,9 +39,9 @@ from app.photos import (
     walk_photos,
 )
 from app.store import (
+    ChromaLocation,
     PhotoStore,
     SkipRecord,
-    connect,
     photo_id,
     photo_record,
     printable_path,
@@ -59,7 +59,8 @@ class IndexReport:
     unchanged: int = 0
     skipped: list[SkipRecord] = field(default_factory=list)
     seconds: float = 0.0
-    embedded: int = 0  # photos that went through the model (the rest reused stored vectors)
+    read: int = 0  # files read this run (new, changed, or retried): 0 on an unchanged library
+    embedded: int = 0  # photos that went through the model (the others reused a stored vector)
 
     @property
     def total(self) -> int:
@@ -145,8 +146,11 @@ class PhotoIndex:
 
             model = CafeModel.load(resolve_model(os.fspath(model) if model else None), device=device,
                                    batch_size=config.batch_size)
-        client = connect(None if chroma_host else (db or default_db_dir()), chroma_host, chroma_port)
-        store = PhotoStore(client, model.fingerprint, model.dim, model_name=model.name, create=create)
+        if chroma_host:
+            location = ChromaLocation(host=chroma_host, port=int(chroma_port or 8000))
+        else:
+            location = ChromaLocation(db_dir=os.fspath(db or default_db_dir()))
+        store = PhotoStore(location, model.fingerprint, model.dim, model_name=model.name, create=create)
         return cls(model, store, config)
 
     def count(self) -> int:
@@ -204,6 +208,7 @@ class PhotoIndex:
                 continue
             todo.append((record_id, entry))
 
+        report.read = len(todo)
         vanished = [i for i in stored if i not in seen]
         skips_resolved += [i for i in skips if i not in seen]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -71,25 +72,52 @@ def shard_of(record_id: str, shards: int) -> int:
     return int(record_id[:8], 16) % shards
 
 
-def connect(db_dir: str | os.PathLike | None = None, host: str | None = None, port: int | None = None):
-    """A Chroma client: an embedded PersistentClient on `db_dir`, or an HttpClient when `host` is given.
+@dataclass(frozen=True)
+class ChromaLocation:
+    """Where the vectors live: an embedded database folder, or a `chroma run` server (host given)."""
 
-    Telemetry is off in both cases.
-    """
-    import chromadb
-    from chromadb.config import Settings
+    db_dir: str | None = None
+    host: str | None = None
+    port: int = 8000
 
-    settings = Settings(anonymized_telemetry=False)
-    if host:
-        try:
-            return chromadb.HttpClient(host=host, port=int(port or 8000), settings=settings)
-        except Exception as e:  # connection refused, bad host...
-            raise StoreError(f"cannot reach the Chroma server at {host}:{port or 8000}: {e}") from e
-    if db_dir is None:
-        raise StoreError("no database folder given")
-    path = Path(db_dir).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=settings)
+    @property
+    def embedded(self) -> bool:
+        return not self.host
+
+    def describe(self) -> str:
+        return f"chroma server {self.host}:{self.port}" if self.host else f"database {self.db_dir}"
+
+    def connect(self):
+        """A Chroma client (telemetry off): PersistentClient for a folder, HttpClient for a server."""
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        if self.host:
+            try:
+                return chromadb.HttpClient(host=self.host, port=int(self.port), settings=settings)
+            except Exception as e:  # connection refused, bad host...
+                raise StoreError(f"cannot reach the chroma server at {self.host}:{self.port}: {e}") from e
+        if not self.db_dir:
+            raise StoreError("no database folder given")
+        path = Path(self.db_dir).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=settings)
+
+    def reconnect(self):
+        """A client that sees what other processes wrote since this process opened the database.
+
+        An embedded Chroma client keeps its vector index in memory and does not notice writes made by
+        another process (a concurrent `index` run): its filtered reads then fail with "Error finding id"
+        and its plain queries miss new photos. Chroma shares one in-memory system per folder and
+        process; dropping that cache makes the next client load the folder afresh. Clients opened
+        before keep working on their old view.
+        """
+        if self.embedded:
+            from chromadb.api.client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()
+        return self.connect()
 
 
 def collection_name(fingerprint: str) -> str:
@@ -162,16 +190,25 @@ class PhotoStore:
 
     `create=True` makes the collection if missing (indexing); `create=False` refuses a database that
     was indexed with another model, or not at all (searching). Both refuse vectors of the wrong size.
+
+    Reads stay correct while another process writes (an `index` run next to a search): the store
+    reopens the database when the photo count moved under it, and retries a read that Chroma fails
+    with a stale in-memory index. Use one PhotoStore per database and process.
     """
 
-    def __init__(self, client, fingerprint: str, dim: int, model_name: str = "", create: bool = False):
-        self.client = client
+    READ_ATTEMPTS = 20
+
+    def __init__(self, location: ChromaLocation, fingerprint: str, dim: int, model_name: str = "",
+                 create: bool = False):
+        self.location = location
         self.fingerprint = fingerprint
         self.dim = int(dim)
         self.model_name = model_name or fingerprint
         self.name = collection_name(fingerprint)
+        self.client = location.connect()
         self.collection = self._open(create)
         self._skips = None
+        self._seen_count = self.collection.count()
 
     def _open(self, create: bool):
         existing = {m.collection: m for m in indexed_models(self.client)}
@@ -179,15 +216,15 @@ class PhotoStore:
             others = [m for m in existing.values() if m.count > 0] or list(existing.values())
             if not others:
                 raise NotIndexedError(
-                    f"no photos are indexed in this database yet. Index them first: "
+                    f"no photos are indexed in {self.location.describe()} yet. Index them first: "
                     f"{_reindex_hint(self.model_name)}"
                 )
             listing = "; ".join(f"'{m.model}' (fingerprint {m.fingerprint}, {m.count} photos)" for m in others)
             raise ModelMismatchError(
-                f"this database was indexed with another model: {listing}. "
-                f"The model in use, '{self.model_name}' (fingerprint {self.fingerprint}), has no index here. "
+                f"{self.location.describe()} was indexed with another model: {listing}. "
+                f"The model in use, '{self.model_name}' (fingerprint {self.fingerprint}), has no index there. "
                 f"Re-index with it: {_reindex_hint(self.model_name)}  "
-                f"(or search with --model set to the model that built the index)."
+                f"(or pass --model with the model that built the index)."
             )
         metadata = {
             "fingerprint": self.fingerprint,
@@ -211,6 +248,34 @@ class PhotoStore:
             )
         return col
 
+    # ---------------------------------------------------------------------- concurrent writers
+
+    def refresh(self) -> None:
+        """Reopen the database so reads see what other processes wrote."""
+        self.client = self.location.reconnect()
+        self.collection = self.client.get_collection(self.name, embedding_function=None)
+        self._skips = None
+        self._seen_count = self.collection.count()
+
+    def _read(self, fn):
+        """Run a read, reopening the database when another process changed it (embedded Chroma only)."""
+        import chromadb.errors
+
+        if self.location.embedded and self.collection.count() != self._seen_count:
+            self.refresh()
+        for attempt in range(self.READ_ATTEMPTS):
+            try:
+                return fn()
+            except chromadb.errors.InternalError:
+                if attempt == self.READ_ATTEMPTS - 1:
+                    raise
+                # A write landed between loading the index and reading it: reload and retry.
+                time.sleep(min(0.5, 0.02 * (attempt + 1)))
+                self.refresh()
+
+    def _wrote(self) -> None:
+        self._seen_count = self.collection.count()
+
     # ------------------------------------------------------------------------------------- vectors
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
@@ -218,11 +283,13 @@ class PhotoStore:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ModelMismatchError(
                 f"vectors of shape {tuple(vectors.shape)} do not fit this index (dim {self.dim}, model "
-                f"'{self.model_name}'). Re-index with the model you are using: {_reindex_hint('MODEL')}"
+                f"'{self.model_name}'): they come from another model. Index with that model first: "
+                f"{_reindex_hint('MODEL')}"
             )
         return vectors
 
     def count(self) -> int:
+        """Photos stored."""
         return self.collection.count()
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict]) -> None:
@@ -231,50 +298,60 @@ class PhotoStore:
             return
         vectors = self._check(vectors)
         self.collection.upsert(ids=list(ids), embeddings=vectors, metadatas=[_clean(m) for m in metadatas])
-
-    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[dict]) -> None:
-        """Replace the metadata of existing records, keeping their vectors."""
-        if ids:
-            self.collection.update(ids=list(ids), metadatas=[_clean(m) for m in metadatas])
+        self._wrote()
 
     def delete(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), PAGE):
             self.collection.delete(ids=list(ids[start : start + PAGE]))
+        if ids:
+            self._wrote()
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by id (missing ids are absent from the result)."""
         if not ids:
             return {}
-        got = self.collection.get(ids=list(ids), include=["embeddings"])
+        got = self._read(lambda: self.collection.get(ids=list(ids), include=["embeddings"]))
         return {i: np.asarray(v, dtype=np.float32) for i, v in zip(got["ids"], got["embeddings"])}
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """Stored metadata by id."""
         if not ids:
             return {}
-        got = self.collection.get(ids=list(ids), include=["metadatas"])
+        got = self._read(lambda: self.collection.get(ids=list(ids), include=["metadatas"]))
         return dict(zip(got["ids"], got["metadatas"]))
 
     def query(self, vector: np.ndarray, k: int, where: dict | None = None) -> list[tuple[str, float, dict]]:
         """Top-k records by cosine similarity: [(id, score = 1 - cosine distance, metadata)]."""
-        vector = self._check(np.asarray(vector, dtype=np.float32).reshape(1, -1))
-        k = max(1, min(int(k), self.count()))
-        if self.count() == 0:
-            return []
-        res = self.collection.query(
-            query_embeddings=vector, n_results=k, where=where or None, include=["distances", "metadatas"]
-        )
-        return [
-            (i, 1.0 - float(d), m)
-            for i, d, m in zip(res["ids"][0], res["distances"][0], res["metadatas"][0])
-        ]
+        vectors = self._check(np.asarray(vector, dtype=np.float32).reshape(1, -1))
+        return self.query_many(vectors, k, where)[0]
+
+    def query_many(self, vectors: np.ndarray, k: int, where: dict | None = None) -> list[list[tuple[str, float, dict]]]:
+        """query() for several vectors at once (one list of hits per row)."""
+        vectors = self._check(vectors)
+
+        def run():
+            n = self.collection.count()
+            if n == 0:
+                return [[] for _ in range(len(vectors))]
+            res = self.collection.query(
+                query_embeddings=vectors, n_results=max(1, min(int(k), n)), where=where or None,
+                include=["distances", "metadatas"],
+            )
+            return [
+                [(i, 1.0 - float(d), m) for i, d, m in zip(ids, dists, metas)]
+                for ids, dists, metas in zip(res["ids"], res["distances"], res["metadatas"])
+            ]
+
+        return self._read(run)
 
     def iter_records(self, include_vectors: bool = False, where: dict | None = None) -> Iterator[tuple[list, list, Any]]:
         """Page through all records: yields (ids, metadatas, vectors-or-None) per page."""
         include = ["metadatas", "embeddings"] if include_vectors else ["metadatas"]
         offset = 0
         while True:
-            got = self.collection.get(include=include, limit=PAGE, offset=offset, where=where or None)
+            got = self._read(
+                lambda: self.collection.get(include=include, limit=PAGE, offset=offset, where=where or None)
+            )
             ids = got["ids"]
             if not ids:
                 return
@@ -308,7 +385,7 @@ class PhotoStore:
         out = {}
         offset = 0
         while True:
-            got = self.skips.get(include=["metadatas"], limit=PAGE, offset=offset)
+            got = self._read(lambda: self.skips.get(include=["metadatas"], limit=PAGE, offset=offset))
             for i, m in zip(got["ids"], got["metadatas"]):
                 out[i] = SkipRecord(
                     i, m["path"], int(m["size"]), int(m["mtime_ns"]), m["reason"], m.get("detail", ""),
