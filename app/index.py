@@ -22,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -160,13 +160,16 @@ class PhotoIndex:
     # ------------------------------------------------------------------------------------- update
 
     def update(
-        self, roots: Iterable[str | os.PathLike], shard: tuple[int, int] = (0, 1), progress: bool = False
+        self, roots: Iterable[str | os.PathLike], shard: tuple[int, int] = (0, 1), progress: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> IndexReport:
         """Bring the index in step with the photo folders `roots`; return what changed.
 
         shard=(i, n) handles only the photos whose path hashes to i (run n of these, in parallel
         processes or machines sharing one Chroma server, to split a library). Photos stored from
         other roots are left alone; photos under the roots that vanished are removed.
+        on_progress(done, total) is called once the files to read are known and after each file
+        (the web UI's progress bar).
         """
         started = time.perf_counter()
         roots = [photo_path(r) for r in roots]
@@ -218,11 +221,15 @@ class PhotoIndex:
             from tqdm import tqdm
 
             bar = tqdm(total=len(todo), unit="photo", desc="indexing", smoothing=0.1)
+        if on_progress is not None:
+            on_progress(0, len(todo))
         try:
-            for result in self._load_all(todo, by_hash):
+            for done, result in enumerate(self._load_all(todo, by_hash), 1):
                 writer.add(result)
                 if bar is not None:
                     bar.update(1)
+                if on_progress is not None:
+                    on_progress(done, len(todo))
             writer.flush()
         finally:
             if bar is not None:
