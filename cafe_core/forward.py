@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import prompts
-from .inputs import PromptEncoder, check_images
+from .inputs import IGNORE_INDEX, PromptEncoder, check_images
+from .losses import lm_loss
 from .pooling import pool_last_token
 
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -135,3 +137,128 @@ def naive_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: boo
         h = base(**batch.text_prompt).last_hidden_state
         txt = pool_last_token(h, batch.text_prompt["attention_mask"])
     return ForwardOutput(lm, img, txt)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prefix-tree forward: one language-model pass for the conversation and both embedding prompts.
+# ---------------------------------------------------------------------------------------------------
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _TreeLayout:
+    input_ids: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    allowed: torch.Tensor  # (B, T, T) bool: query q may attend to key k
+    labels: torch.Tensor  # (B, T): the conversation's labels, -100 on branches and padding
+    image_pos: list  # (row, slot) of each embed row's image-prompt embedding token
+    text_pos: list  # (row, slot) of each embed row's text-prompt embedding token
+
+
+def _tree_layout(batch: TrainBatch, pad_id: int, image_token_id: int) -> _TreeLayout | None:
+    """Pack each conversation with the parts of its embedding prompts that differ from it.
+
+    Row b = ``[conversation | image-prompt suffix | text-prompt suffix | padding]``. A suffix is what
+    follows the longest common token prefix of that prompt and the conversation (system prompt, user
+    header and, for the image prompt, the image tokens); it attends to that conversation prefix and
+    causally to itself, with position ids continuing the prefix, so each prompt sees exactly the
+    tokens and positions of its own standalone pass. Returns None when a suffix would contain image
+    tokens (images placed after text): the image features could not be shared, so the caller falls back.
+    """
+    conv_ids, conv_mask = batch.conv["input_ids"], batch.conv["attention_mask"]
+    convs = [row[: int(n)].tolist() for row, n in zip(conv_ids, conv_mask.sum(1))]
+    branches: list[list[tuple[int, list[int]]]] = [[] for _ in convs]  # per row: (prefix length, suffix ids)
+    for e, b in enumerate(batch.embed_rows):
+        for prompt in (batch.image_prompt, batch.text_prompt):
+            ids = prompt["input_ids"][e][: int(prompt["attention_mask"][e].sum())].tolist()
+            p = min(_common_prefix(convs[b], ids), len(ids) - 1)  # >= 1 own token: the pooled one
+            suffix = ids[p:]
+            if image_token_id in suffix:
+                return None
+            branches[b].append((p, suffix))
+    lengths = [len(c) + sum(len(s) for _, s in br) for c, br in zip(convs, branches)]
+    B, T = len(convs), max(lengths)
+    input_ids = torch.full((B, T), pad_id, dtype=conv_ids.dtype)
+    position_ids = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=batch.conv["labels"].dtype)
+    # seg: 0 = conversation, j >= 1 = branch j, -1 = padding; lim: conversation tokens a slot may see.
+    seg = torch.full((B, T), -1, dtype=torch.long)
+    lim = torch.zeros((B, T), dtype=torch.long)
+    ends: list[list[int]] = []
+    for b, (conv, br) in enumerate(zip(convs, branches)):
+        n = len(conv)
+        input_ids[b, :n] = torch.tensor(conv)
+        position_ids[b, :n] = torch.arange(n)
+        labels[b, :n] = batch.conv["labels"][b, :n]
+        seg[b, :n], lim[b, :n] = 0, n
+        row_ends, start = [], n
+        for j, (p, suffix) in enumerate(br, start=1):
+            stop = start + len(suffix)
+            input_ids[b, start:stop] = torch.tensor(suffix)
+            position_ids[b, start:stop] = torch.arange(p, p + len(suffix))
+            seg[b, start:stop], lim[b, start:stop] = j, p
+            row_ends.append(stop - 1)
+            start = stop
+        ends.append(row_ends)
+    idx = torch.arange(T)
+    causal = idx[None, :, None] >= idx[None, None, :]  # (1, Tq, Tk)
+    same = seg[:, :, None] == seg[:, None, :]
+    from_prefix = (seg[:, None, :] == 0) & (idx[None, None, :] < lim[:, :, None])
+    allowed = causal & (same | from_prefix) & (seg[:, None, :] >= 0)
+    allowed |= torch.eye(T, dtype=torch.bool)[None]  # padding queries see themselves (no empty softmax rows)
+    image_pos = [(b, ends[b][0]) for b in batch.embed_rows]
+    text_pos = [(b, ends[b][1]) for b in batch.embed_rows]
+    return _TreeLayout(input_ids, position_ids, allowed, labels, image_pos, text_pos)
+
+
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def tree_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: bool = True,
+                 need_embeddings: bool = True) -> ForwardOutput:
+    """CAFe forward with one language-model pass per batch: same outputs as :func:`shared_forward`.
+
+    The image-embedding prompt shares its prefix (system prompt, user header, image tokens) with the
+    conversation, and the text-embedding prompt shares the system prompt; both are packed after the
+    conversation as branches of a prefix tree with a 4D attention mask and matching position ids
+    (see ``_tree_layout``). Vision runs once per image, and the shared prefix is computed once instead
+    of three times. Needs an attention implementation that takes a custom 4D mask (eager or sdpa, not
+    flash-attention). Falls back to :func:`shared_forward` when only one loss is needed or when the
+    prompts do not share the image tokens.
+    """
+    if not (need_lm and need_embeddings and batch.embed_rows):
+        return shared_forward(model, batch, need_lm, need_embeddings)
+    layout = _tree_layout(batch, encoder.pad_id, encoder.image_token_id)
+    if layout is None:
+        return shared_forward(model, batch, need_lm, need_embeddings)
+    impl = getattr(model.config, "_attn_implementation", None) or ""
+    if "flash" in impl:
+        raise ValueError(f"tree_forward needs a custom 4D attention mask, which {impl!r} does not take; use sdpa or eager")
+    base = multimodal_base(model)
+    device = batch.conv["input_ids"].device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    # Additive float mask (0 = attend): understood by both the eager and the sdpa attention paths.
+    mask = torch.zeros(layout.allowed.shape, dtype=dtype).masked_fill(~layout.allowed, torch.finfo(dtype).min)
+    image_out = base.get_image_features(**batch.pixel, return_dict=True) if batch.images else None
+    hidden = base(
+        input_ids=layout.input_ids.to(device),
+        attention_mask=mask[:, None].to(device),
+        position_ids=layout.position_ids.to(device),
+        mm_encoder_outputs={"image": image_out} if image_out is not None else None,
+    ).last_hidden_state  # (B, T, D), after the final norm
+    logits = _causal_lm(model).lm_head(hidden)
+    lm = lm_loss(logits, layout.labels.to(device))
+
+    def pooled(positions):
+        rows = torch.tensor([b for b, _ in positions], device=device)
+        cols = torch.tensor([t for _, t in positions], device=device)
+        return F.normalize(hidden[rows, cols].float(), dim=-1)
+
+    return ForwardOutput(lm, pooled(layout.image_pos), pooled(layout.text_pos))

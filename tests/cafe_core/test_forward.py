@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from cafe_core.forward import collate, naive_forward, shared_forward
+from cafe_core.forward import _tree_layout, collate, naive_forward, shared_forward, tree_forward
 from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
 from cafe_core.loading import load_model_and_processor
 from cafe_core.losses import CafeLoss
@@ -122,6 +122,11 @@ def test_vision_tower_runs_once_per_image(trainable, arch):
         counter.handle.remove()
     assert (shared_calls, shared_rows) == (1, per_image)
     assert counter.rows == 2 * per_image
+    with torch.no_grad():
+        counter = _RowCounter(tower)
+        tree_forward(model, batch, enc)
+        counter.handle.remove()
+    assert (counter.calls, counter.rows) == (1, per_image)
     if arch == "llava-onevision":  # anyres: tiles, not just one row per image
         assert per_image > len(samples)
 
@@ -143,13 +148,70 @@ def test_shared_equals_naive_gradients(trainable, arch):
     ]
     names = [next(n for n in params if n.endswith(sfx)) for sfx in suffixes]
     grads = {}
-    for which in ("shared", "naive"):
+    forwards = {"shared": lambda: shared_forward(model, batch), "naive": lambda: naive_forward(model, batch, enc),
+                "tree": lambda: tree_forward(model, batch, enc)}
+    for which, forward in forwards.items():
         model.zero_grad(set_to_none=True)
-        out = shared_forward(model, batch) if which == "shared" else naive_forward(model, batch, enc)
+        out = forward()
         loss_fn(lm_value=out.lm_loss, image_emb=out.image_emb, text_emb=out.text_emb).loss.backward()
         grads[which] = {k: params[k].grad.clone() for k in names}
     model.zero_grad(set_to_none=True)
     for k in names:
-        g_s, g_n = grads["shared"][k], grads["naive"][k]
+        g_n = grads["naive"][k]
         assert g_n.abs().max() > 1e-6, f"{k}: no gradient reached this parameter"
-        torch.testing.assert_close(g_s, g_n, rtol=1e-4, atol=1e-6, msg=f"{arch} {k}")
+        for which in ("shared", "tree"):
+            torch.testing.assert_close(grads[which][k], g_n, rtol=1e-4, atol=1e-6, msg=f"{arch} {which} {k}")
+
+
+# ------------------------------------------------------------------ prefix-tree forward
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tree_forward_equals_naive(trainable, arch):
+    model, enc = trainable[arch]
+    batch = collate(enc, _samples())
+    with torch.no_grad():
+        t = tree_forward(model, batch, enc)
+        n = naive_forward(model, batch, enc)
+    assert abs(t.lm_loss.item() - n.lm_loss.item()) <= TOL
+    assert (t.image_emb - n.image_emb).abs().max().item() <= TOL
+    assert (t.text_emb - n.text_emb).abs().max().item() <= TOL
+
+
+def test_tree_layout_reconstructs_each_prompt(trainable):
+    """Each branch + the conversation prefix it may attend to = that prompt's standalone tokens and positions."""
+    model, enc = trainable["llava-onevision"]
+    batch = collate(enc, _samples())
+    layout = _tree_layout(batch, enc.pad_id, enc.image_token_id)
+    assert layout is not None
+    conv_len = batch.conv["attention_mask"].sum(1)
+    for e, b in enumerate(batch.embed_rows):
+        for prompt, (row, end) in ((batch.image_prompt, layout.image_pos[e]), (batch.text_prompt, layout.text_pos[e])):
+            want = prompt["input_ids"][e][: int(prompt["attention_mask"][e].sum())].tolist()
+            seen = layout.allowed[row, end].nonzero().flatten().tolist()  # keys the pooled token attends to
+            assert [layout.input_ids[row, k].item() for k in seen] == want
+            assert [layout.position_ids[row, k].item() for k in seen] == list(range(len(want)))
+            assert seen[-1] == end and end >= conv_len[b]  # the pooled token is the branch's own last token
+        # Image prompt branch shares the image tokens, so it adds only the instruction suffix.
+        img_row, img_end = layout.image_pos[e]
+        assert img_end - conv_len[b] < 20
+    # The conversation never sees branch tokens; padding labels and branch labels are ignored.
+    for b in range(len(conv_len)):
+        n = int(conv_len[b])
+        assert not layout.allowed[b, :n, n:].any()
+        assert (layout.labels[b, n:] == IGNORE_INDEX).all()
+        assert torch.equal(layout.labels[b, :n], batch.conv["labels"][b, :n])
+
+
+def test_tree_forward_falls_back_when_images_follow_text(trainable):
+    """Image placeholder after the question: the image-prompt branch would need its own image tokens,
+    so tree_forward must fall back (and still match the naive reference)."""
+    model, enc = trainable["llava-onevision"]
+    samples = [Sample(noise_image(9, 40, 60), [Turn("user", "Look at this: <image>\nwhat is it?"), Turn("assistant", "a star")],
+                      "a star"),
+               *_samples(images_only=True)[:1]]
+    batch = collate(enc, samples)
+    assert _tree_layout(batch, enc.pad_id, enc.image_token_id) is None
+    with torch.no_grad():
+        t = tree_forward(model, batch, enc)
+        n = naive_forward(model, batch, enc)
+    assert abs(t.lm_loss.item() - n.lm_loss.item()) <= TOL
+    assert (t.image_emb - n.image_emb).abs().max().item() <= TOL
