@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def _train(argv: list[str]) -> int:
+    from cafe_core.errors import CafeError
     from data.errors import DataFormatError
 
     from .config import ConfigError, load_config
@@ -26,10 +27,10 @@ def _train(argv: list[str]) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         final = train(cfg, resume=args.resume)
-    except (ConfigError, DataFormatError, ModeUnavailable, FileNotFoundError) as e:
+    except (ConfigError, DataFormatError, ModeUnavailable, CafeError, FileNotFoundError) as e:  # bad input: 2
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
+    except NonFiniteLoss as e:  # the run diverged: 3
         print(f"error: {e}", file=sys.stderr)
         return 3
     if final is not None:

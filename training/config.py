@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -83,12 +84,23 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
         if not self.data:
             raise ConfigError("no training data: set data: PATH in the config or --set data=PATH")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("batch_size and grad_accum must be >= 1")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
+            raise ConfigError("batch_size, grad_accum and log_every must be >= 1")
+        for key in ("lr", "vision_lr", "weight_decay", "con_weight", "lm_weight", "grad_clip", "max_steps",
+                    "save_every", "epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
+        for key in ("warmup_ratio", "min_lr_ratio", "caption_turn_prob", "p_full_caption", "p_question_caption",
+                    "p_grounded"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be between 0 and 1")
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ConfigError("set max_steps or epochs > 0")
         return self
 
 
-def _coerce(name: str, raw: str, current):
+def _coerce(name: str, raw: str, current, where: str | None = None):
+    """``raw`` (text) as the type of ``current``, the field's default."""
     typ = type(current)
     try:
         if typ is bool:
@@ -101,7 +113,29 @@ def _coerce(name: str, raw: str, current):
             return typ(raw)
         return yaml.safe_load(raw)
     except ValueError:
-        raise ConfigError(f"--set {name}={raw}: expected a {typ.__name__}") from None
+        raise ConfigError(f"{where or '--set'} {name}={raw}: expected a value of type {typ.__name__}") from None
+
+
+def _typed(name: str, value, current, where: str):
+    """A YAML value checked against the field's type (ints are fine for floats; YAML reads ``1e-5``,
+    without a dot, as text, so numeric text is converted)."""
+    typ = type(current)
+    # bool is an int subclass in Python: keep true/false and numbers apart
+    if typ is not str and not isinstance(value, str) and isinstance(value, bool) != (typ is bool):
+        raise ConfigError(f"{where}: {name} must be of type {typ.__name__}, got {value!r}")
+    if typ is float and isinstance(value, int):
+        return float(value)
+    if isinstance(value, typ):
+        return value
+    if isinstance(value, str) and typ in (int, float, bool):
+        return _coerce(name, value, current, where)
+    raise ConfigError(f"{where}: {name} must be of type {typ.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _unknown(keys, known) -> str:
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else repr(k)
+             for k in keys]
+    return ", ".join(hints)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -112,18 +146,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        values = yaml.safe_load(p.read_text()) or {}
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{p}: expected a mapping of config keys, got a {type(values).__name__}")
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{p}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
+            raise ConfigError(f"{p}: unknown config key(s) {_unknown(unknown, known)}; known keys: {sorted(known)}")
+    defaults = TrainConfig()
+    values = {k: _typed(k, v, getattr(defaults, k), str(path)) for k, v in values.items()}
     cfg = TrainConfig(**values)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         if key not in known:
-            raise ConfigError(f"--set {key}: unknown config key; known keys: {sorted(known)}")
-        setattr(cfg, key, _coerce(key, raw, getattr(cfg, key)))
+            raise ConfigError(f"--set {key}: unknown config key {_unknown([key], known)}; known keys: {sorted(known)}")
+        current = getattr(cfg, key)
+        setattr(cfg, key, _typed(key, _coerce(key, raw, current), current, "--set"))
     return cfg
 
 
