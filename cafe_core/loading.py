@@ -40,7 +40,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
 
 
-def _quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+def _quantization_config(quantization: str | None, compute_dtype: torch.dtype, skip_modules=None):
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"unknown quantization {quantization!r}; use one of 8bit, 4bit (or none)")
     if quantization is None:
@@ -51,9 +51,12 @@ def _quantization_config(quantization: str | None, compute_dtype: torch.dtype):
         raise ModelLoadError(f"{quantization} loading needs bitsandbytes, which cannot be used here: {e}") from e
     from transformers import BitsAndBytesConfig
 
+    # skip_modules=None keeps transformers' default (lm_head / tied output embeddings stay unquantized).
+    skip = list(skip_modules) if skip_modules is not None else None
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=skip)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -65,11 +68,14 @@ def load_model_and_processor(
     device: str | None = "auto",
     dtype: str | torch.dtype | None = "auto",
     quantization: str | None = None,
+    skip_quantization: list[str] | None = None,
 ):
     """Load any ``AutoModelForImageTextToText`` checkpoint with its ``AutoProcessor``.
 
     ``name_or_path`` is a Hugging Face hub id, a local folder, or ``tiny:<preset>`` (built from config by
     :mod:`cafe_core.tiny`, random weights). Returns ``(model, processor)`` with the model in eval mode.
+    ``skip_quantization``: module names kept in full precision when quantizing (replaces transformers'
+    default list, so include ``lm_head``); QLoRA training keeps the projector trainable this way.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
@@ -77,7 +83,7 @@ def load_model_and_processor(
     name = str(name_or_path)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    qconfig = _quantization_config(quantization, torch_dtype)
+    qconfig = _quantization_config(quantization, torch_dtype, skip_quantization)
 
     if name.startswith(TINY_PREFIX):
         from .tiny import PRESETS, build_tiny

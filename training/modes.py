@@ -12,14 +12,24 @@ from .config import TrainConfig
 
 LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 VISION_LORA_TARGETS = r".*vision_tower.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
+# QLoRA keeps these in full precision: the projector trains fully (4-bit weights cannot take gradients),
+# lm_head stays unquantized as in transformers' default skip list (which an explicit list replaces).
+QLORA_FULL_PRECISION = [r".*multi_modal_projector", "lm_head"]  # transformers matches from the start or as a suffix
 
 
 class ModeUnavailable(RuntimeError):
     """The requested training mode cannot run on this machine."""
 
 
-def preflight(cfg: TrainConfig, device: torch.device) -> None:
-    """Fail fast, before any work, when bitsandbytes-based options cannot run here."""
+def preflight(cfg: TrainConfig, device: torch.device, world: int = 1) -> None:
+    """Fail fast, before any work, when an option cannot run here (bitsandbytes modes, FSDP combinations)."""
+    if cfg.distributed == "fsdp" and world > 1:
+        if cfg.mode == "qlora":
+            raise ModeUnavailable("QLoRA cannot be combined with distributed: fsdp (4-bit weights are not "
+                                  "sharded); use distributed: ddp, or mode: lora with fsdp")
+        if cfg.optim == "adamw8bit":
+            raise ModeUnavailable("optim: adamw8bit cannot be combined with distributed: fsdp (bitsandbytes "
+                                  "does not take sharded parameters); FSDP already shards the AdamW state")
     needs_bnb = cfg.mode == "qlora" or cfg.optim == "adamw8bit"
     if not needs_bnb:
         return
@@ -48,14 +58,21 @@ def apply_mode(model, cfg: TrainConfig):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     if cfg.mode == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing)
+        model = prepare_quantized(model, cfg)
     target = LM_LORA_TARGETS if not cfg.lora_vision else f"({LM_LORA_TARGETS})|({VISION_LORA_TARGETS})"
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=target, modules_to_save=["multi_modal_projector"])
     return get_peft_model(model, lora)
+
+
+def prepare_quantized(model, cfg: TrainConfig):
+    """peft's k-bit preparation (fp32 norms, input grads for checkpointing); also needed on resume."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing)
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
