@@ -24,13 +24,15 @@ import torch.nn as nn
 import yaml
 
 from cafe_core.forward import collate, naive_forward, shared_forward
-from cafe_core.inputs import PromptEncoder
+from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
 from cafe_core.loading import load_model_and_processor, resolve_device
 from cafe_core.losses import CafeLoss
+from data.errors import DataFormatError
 
+from . import parallel
 from .checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig
-from .modes import apply_mode, make_optimizer, param_groups, preflight
+from .config import ConfigError, TrainConfig
+from .modes import QLORA_FULL_PRECISION, apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
 
 log = logging.getLogger("training")
 
@@ -128,11 +130,14 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
-        preflight(cfg, self.device)  # before any data or model work
+        preflight(cfg, self.device, self.world)  # before any data or model work
 
         from data.dataset import open_dataset
 
         self.dataset = open_dataset(cfg.data, max_side=cfg.image_max_side)  # clear error when missing/empty
+        if len(self.dataset) < cfg.batch_size * self.world:
+            raise ConfigError(f"{cfg.data} has {len(self.dataset)} samples, fewer than one batch "
+                              f"(batch_size {cfg.batch_size} x {self.world} process(es))")
         self.augment = None
         if cfg.augment == "sampleworld":
             from .sampleworld import SampleWorldAugment
@@ -147,10 +152,13 @@ class Trainer:
         if start is not None and cfg.mode == "full":
             model_source = str(start / "model")
         quant = "4bit" if cfg.mode == "qlora" else None
-        model, self.processor = load_model_and_processor(model_source, self.device, "float32", quant)
+        model, self.processor = load_model_and_processor(model_source, self.device, "float32", quant,
+                                                         QLORA_FULL_PRECISION if quant else None)
         if start is not None and cfg.mode != "full":
             from peft import PeftModel
 
+            if cfg.mode == "qlora":
+                model = prepare_quantized(model, cfg)
             self.model = PeftModel.from_pretrained(model, str(start / "model"), is_trainable=True)
         else:
             self.model = apply_mode(model, cfg)
@@ -160,8 +168,10 @@ class Trainer:
         self.encoder = PromptEncoder(self.processor)
         self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
                                 gather_with_grad=cfg.gather_with_grad)
-        self.step_module = self._wrap(TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm,
-                                                self.loss_fn.needs_embeddings))
+        self.step_module = parallel.wrap(
+            TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm, self.loss_fn.needs_embeddings),
+            cfg.distributed, self.world, self.device, getattr(self.model, "_no_split_modules", None))
+        self.fsdp = parallel.is_fsdp(self.step_module)
         self.optimizer = make_optimizer(param_groups(self.model, cfg), cfg)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         per_step = cfg.batch_size * cfg.grad_accum * self.world
@@ -177,24 +187,10 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        if self.world == 1:
-            return module
-        if self.cfg.distributed == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-            layer_classes = {type(m) for m in module.modules() if type(m).__name__ in set(getattr(self.model, "_no_split_modules", []) or [])}
-            return FSDP(module, auto_wrap_policy=ModuleWrapPolicy(layer_classes) if layer_classes else None,
-                        device_id=self.device if self.device.type == "cuda" else None, use_orig_params=True)
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(module, device_ids=[self.device] if self.device.type == "cuda" else None, find_unused_parameters=True)
-
     # -- state
     def _load_state(self, ckpt: Path):
         st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(st["optimizer"])
+        parallel.load_optimizer_state(self.step_module, self.optimizer, st["optimizer"], self.rank)
         self.state = st["position"]
         rngs = st["rng"]
         set_rng_state(rngs[self.rank] if isinstance(rngs, list) and len(rngs) > self.rank else rngs)
@@ -202,18 +198,22 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt, self.state["step"])
 
     def _save(self, step: int) -> Path | None:
+        if not self._weights_finite():  # never let a checkpoint replace the last good one with NaNs
+            raise NonFiniteLoss(self._nan_message(step - 1, what="weights"))
         rngs = [rng_state()]
         if self.world > 1:  # every rank's RNG, so a resumed rank continues its own stream
             gathered = [None] * self.world
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
+        # FSDP: gathering the full weights and optimizer state is a collective, so every rank joins.
+        weights = _strip_prefix(parallel.full_state_dict(self.step_module), "model.") if self.fsdp else None
+        optim = parallel.optimizer_state(self.step_module, self.optimizer) if (self.fsdp or self.is_main) else None
         if not self.is_main:
             return None
-        state = {"optimizer": self.optimizer.state_dict(), "position": dict(self.state), "rng": rngs,
-                 "config": asdict(self.cfg)}
+        state = {"optimizer": optim, "position": dict(self.state), "rng": rngs, "config": asdict(self.cfg)}
 
         def save_model(folder: Path):
-            self.model.save_pretrained(folder)
+            self.model.save_pretrained(folder, state_dict=weights)
             self.processor.save_pretrained(folder)
 
         return save_checkpoint(self.ckpt_root, step, save_model, state, self.cfg.keep_checkpoints)
@@ -223,27 +223,48 @@ class Trainer:
         """Yield collated batches forever, epoch after epoch, from the saved data position."""
         cfg = self.cfg
         epoch, consumed = self.state["epoch"], self.state["consumed"]
+        per_batch = cfg.batch_size * self.world
         while True:
+            # Every rank takes the same number of full batches per epoch (the ranks step together);
+            # the tail that cannot fill a batch on every rank is dropped.
+            n_batches = (len(self.dataset) - consumed) // per_batch
             ds = self.dataset.shuffle(cfg.seed).set_epoch(epoch).skip(consumed)
             if self.world > 1:
                 ds = ds.shard(self.rank, self.world)
-            chunk = []
+            chunk, produced = [], 0
             for sample in ds:
+                if produced == n_batches:
+                    break
                 if self.augment is not None:
                     sample = self.augment(sample, epoch)
                 chunk.append(sample)
                 if len(chunk) == cfg.batch_size:
-                    consumed += cfg.batch_size * self.world
+                    consumed += per_batch
+                    produced += 1
                     yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), (epoch, consumed)
                     chunk = []
-            epoch, consumed = epoch + 1, 0  # drop the last partial batch
+            if produced == 0 and n_batches > 0:  # unusable images everywhere: never spin on empty epochs
+                raise DataFormatError(cfg.data, f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples")
+            epoch, consumed = epoch + 1, 0
 
     # -- loop
     def _all_finite(self, t: torch.Tensor) -> bool:
-        ok = torch.tensor([1.0 if bool(torch.isfinite(t).all()) else 0.0], device=self.device)
+        ok = torch.tensor([1.0 if bool(torch.isfinite(parallel.local(t)).all()) else 0.0], device=self.device)
         if self.world > 1:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok.item() == 1.0)
+
+    def _weights_finite(self) -> bool:
+        ok = all(bool(torch.isfinite(parallel.local(p)).all()) for p in self.model.parameters() if p.requires_grad)
+        return self._all_finite(torch.tensor(1.0 if ok else float("nan")))
+
+    def _supervised_tokens(self, batches) -> tuple[list[int], int]:
+        """Per micro-batch counts of LM-supervised tokens, and their total over the step on all ranks."""
+        counts = [int((b.conv["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in batches]
+        total = torch.tensor([float(sum(counts))], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(total)
+        return counts, max(1, int(total.item()))
 
     def _log(self, record: dict):
         if not self.is_main:
@@ -279,26 +300,33 @@ class Trainer:
             factor = lr_factor(step, self.total_steps, cfg)
             for g, base in zip(self.optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * factor
+            micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+            tokens, step_tokens = self._supervised_tokens(micro_batches)
+            local_tokens = max(1, sum(tokens))
             sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0}
-            for micro in range(cfg.grad_accum):
-                batch, position = next(batches)
+            for micro, (batch, position) in enumerate(micro_batches):
                 batch.to(self.device, None)
-                sync = micro == cfg.grad_accum - 1 or self.world == 1
-                ctx = self.step_module.no_sync() if (not sync and hasattr(self.step_module, "no_sync")) else _null()
-                with ctx:
+                with parallel.grad_sync(self.step_module, sync=micro == cfg.grad_accum - 1):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         lm, img, txt = self.step_module(batch)
                     out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
                                        image_tags=batch.image_tags, lm_value=lm)
                     if not self._all_finite(out.loss.detach()):
                         raise NonFiniteLoss(self._nan_message(step))
-                    (out.loss / cfg.grad_accum).backward()
-                sums["loss"] += out.loss.item() / cfg.grad_accum
-                if out.lm_loss is not None:
-                    sums["lm_loss"] += out.lm_loss.item() / cfg.grad_accum
-                if out.con_loss is not None:
-                    sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
+                    # L_lm is a mean over supervised tokens: weight each micro-batch by its share of the
+                    # step's tokens (all micro-batches, all ranks; x world because DDP/FSDP average
+                    # gradients over ranks), so batch 4 x accum 2 gives the update of batch 8 x accum 1.
+                    # L_con is a mean over micro-batches: accumulation does not add negatives (by design).
+                    objective = 0.0
+                    if out.lm_loss is not None:
+                        objective = self.loss_fn.lm_weight * out.lm_loss * (tokens[micro] * self.world / step_tokens)
+                        sums["lm_loss"] += out.lm_loss.item() * tokens[micro] / local_tokens
+                    if out.con_loss is not None:
+                        objective = objective + self.loss_fn.con_weight * out.con_loss / cfg.grad_accum
+                        sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
+                    objective.backward()
                 samples_since += cfg.batch_size * self.world
+            sums["loss"] = self.loss_fn.lm_weight * sums["lm_loss"] + self.loss_fn.con_weight * sums["con_loss"]
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not self._all_finite(gnorm.detach()):
@@ -309,7 +337,7 @@ class Trainer:
             now = time.perf_counter()
             rate = samples_since / max(1e-9, now - t_last)
             record = {"step": step + 1, "epoch": position[0], **sums, "lr": self.optimizer.param_groups[0]["lr"],
-                      "grad_norm": float(gnorm), "samples_per_s": rate}
+                      "grad_norm": float(parallel.local(gnorm)), "samples_per_s": rate}
             if self.loss_fn.mode == "lm":
                 record.pop("con_loss")
             if self.loss_fn.mode == "contrastive":
@@ -322,8 +350,8 @@ class Trainer:
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
                 self._save(step + 1)
         bar.close()
-        self._save(self.total_steps)
-        final = self._export_final() if self.is_main else None
+        last = self._save(self.total_steps)
+        final = self._export_final(last) if self.is_main else None
         if self.world > 1:
             dist.barrier()
         return final
@@ -334,7 +362,23 @@ class Trainer:
         return (f"the {what} became NaN/inf at step {step + 1}; stopping ({kept}). "
                 "Lower the learning rate, enable gradient clipping, or use fp32/bf16 instead of fp16.")
 
-    def _export_final(self) -> Path:
+    def _export_model(self, checkpoint: Path):
+        """The model to write as the final folder. In memory for a plain or LoRA model; rebuilt on CPU
+        from the final checkpoint when the weights are sharded (FSDP) or 4-bit (QLoRA: the adapters are
+        merged into the full-precision base, not into its nf4 approximation, as peft recommends)."""
+        cfg = self.cfg
+        if not self.fsdp and cfg.mode != "qlora":
+            model = self.model
+            return model.merge_and_unload() if cfg.mode != "full" and cfg.merge_lora else model
+        if cfg.mode == "full":
+            return load_model_and_processor(checkpoint / "model", "cpu", cfg.save_dtype)[0]
+        from peft import PeftModel
+
+        base = load_model_and_processor(cfg.base_model, "cpu", cfg.save_dtype)[0]
+        model = PeftModel.from_pretrained(base, str(checkpoint / "model"))
+        return model.merge_and_unload() if cfg.merge_lora else model
+
+    def _export_final(self, checkpoint: Path) -> Path:
         """Write ``out_dir/final``: a standard Hugging Face folder (LoRA merged on request) + model card."""
         from .card import write_model_card
         from .plots import plot_training_curves
@@ -344,9 +388,7 @@ class Trainer:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-        model = self.model
-        if self.cfg.mode != "full" and self.cfg.merge_lora:
-            model = model.merge_and_unload()
+        model = self._export_model(checkpoint)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.save_dtype]
         if dtype != torch.float32:
             model = model.to(dtype)
@@ -358,7 +400,10 @@ class Trainer:
         if metrics_path.exists():
             plot_training_curves(metrics_path, tmp / "training_curves.png")
         eval_metrics = None
-        if self.cfg.eval_data:
+        adapter_only = self.cfg.mode != "full" and not self.cfg.merge_lora
+        if self.cfg.eval_data and adapter_only:
+            log.warning("eval_data skipped: the final folder holds LoRA adapters only (merge_lora: false)")
+        elif self.cfg.eval_data:
             eval_metrics = self._final_eval(tmp)
         write_model_card(tmp, self.cfg, self.total_steps, eval_metrics)
         shutil.rmtree(final, ignore_errors=True)
@@ -379,19 +424,15 @@ class Trainer:
         return metrics
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def _strip_prefix(state: dict, prefix: str) -> dict:
+    """``TrainStep`` keys (``model.<name>``) -> the model's own keys."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path | None:
     """Run a training job; returns the final folder on rank 0."""
-    trainer = Trainer(cfg, resume=resume)
     try:
-        return trainer.train()
+        return Trainer(cfg, resume=resume).train()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
