@@ -2,7 +2,9 @@
 
 ``shared_forward`` runs the vision tower and projector **once per image** and feeds those features to
 both the conversation pass (LM loss) and the image-embedding pass, as the paper's figure shows, using
-transformers' ``mm_encoder_outputs`` hook. ``naive_forward`` is the authors' three independent passes;
+transformers' ``mm_encoder_outputs`` hook. ``tree_forward`` goes further: one language-model pass in
+which both embedding prompts are packed as prefix-tree branches of the conversation (same outputs,
+the shared prefix is computed once). ``naive_forward`` is the authors' three independent passes;
 it exists only as the reference that tests and ``benchmarks/train_step.py`` compare against.
 """
 

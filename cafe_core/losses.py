@@ -10,7 +10,9 @@ global loss, but gradients flow only through its own slot, so the gradient w.r.t
 embeddings equals the single-process gradient of the union-batch loss; after DDP averages parameter
 gradients over ``W`` ranks, the contrastive parameter gradient is ``1/W`` of the single-process one
 (or of a gather-with-grad implementation). ``gather_with_grad=True`` backpropagates through the
-gather instead (each rank then gets the full gradient before averaging).
+gather instead: every rank's copy of the global loss sends gradient to every rank's embeddings, so a
+rank's embedding gradients are ``W`` x the single-process ones and, after DDP averaging, parameter
+gradients equal the single-process gradients.
 
 ``CafeLoss``: ``lm_weight * L_lm + con_weight * L_con`` with switches for CAFe / contrastive-only / LM-only.
 """
