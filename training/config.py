@@ -48,6 +48,7 @@ class TrainConfig:
     # --- schedule
     epochs: float = 1.0
     max_steps: int = 0  # >0 overrides epochs
+    stop_at: int = 0  # >0: end the run (final export) at this step; the LR schedule still spans max_steps
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine | constant
     min_lr_ratio: float = 0.0
