@@ -192,11 +192,14 @@ class PhotoStore:
     was indexed with another model, or not at all (searching). Both refuse vectors of the wrong size.
 
     Reads stay correct while another process writes (an `index` run next to a search): the store
-    reopens the database when the photo count moved under it, and retries a read that Chroma fails
-    with a stale in-memory index. Use one PhotoStore per database and process.
+    reopens the database when the photo count moved under it (at most once a second, so new photos
+    show up within about a second), and retries a read that Chroma fails with a stale in-memory
+    index. Use one PhotoStore per database and process.
     """
 
     READ_ATTEMPTS = 20
+    # Reopening the database competes with the writer for SQLite's lock: at most once per interval.
+    REFRESH_INTERVAL_S = 1.0
 
     def __init__(self, location: ChromaLocation, fingerprint: str, dim: int, model_name: str = "",
                  create: bool = False):
@@ -209,6 +212,7 @@ class PhotoStore:
         self.collection = self._open(create)
         self._skips = None
         self._seen_count = self.collection.count()
+        self._refreshed_at = time.monotonic()
 
     def _open(self, create: bool):
         existing = {m.collection: m for m in indexed_models(self.client)}
@@ -256,12 +260,17 @@ class PhotoStore:
         self.collection = self.client.get_collection(self.name, embedding_function=None)
         self._skips = None
         self._seen_count = self.collection.count()
+        self._refreshed_at = time.monotonic()
 
     def _read(self, fn):
         """Run a read, reopening the database when another process changed it (embedded Chroma only)."""
         import chromadb.errors
 
-        if self.location.embedded and self.collection.count() != self._seen_count:
+        if (
+            self.location.embedded
+            and time.monotonic() - self._refreshed_at >= self.REFRESH_INTERVAL_S
+            and self.collection.count() != self._seen_count
+        ):
             self.refresh()
         for attempt in range(self.READ_ATTEMPTS):
             try:
