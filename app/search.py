@@ -26,8 +26,9 @@ from app.config import SearchConfig
 from app.photos import SkipPhoto, load_photo, prepare_image
 
 SORTS = ("relevance", "newest", "oldest")
-# Filtered queries first look among this many times k nearest photos (see search_vector).
+# Filtered queries first look among the OVERFETCH * k (at least MIN_OVERFETCH) nearest photos.
 OVERFETCH = 10
+MIN_OVERFETCH = 100
 
 
 class QueryError(ValueError):
@@ -119,7 +120,7 @@ class Hit:
         m = self.metadata
         out = {
             "path": self.path,
-            "score": round(float(self.score), 6),
+            "score": float(self.score),
             "date": self.date,
             "date_source": m.get("date_source", ""),
             "folder": m.get("folder", ""),
@@ -187,7 +188,7 @@ def search_vector(
         # its plain HNSW search takes milliseconds: look among the nearest photos first, and ask Chroma
         # to filter only when too few of them pass. Exact either way: if k of the nearest M pass, no
         # photo outside those M can rank above them.
-        wide = store.query(vector, max(k * OVERFETCH, 100))
+        wide = store.query(vector, max(k * OVERFETCH, MIN_OVERFETCH))
         passing = [r for r in wide if filters.matches(r[2])]
         found = passing[:k] if len(passing) >= k or len(wide) >= store.count() else store.query(vector, k, where)
     hits = [_hit(i, s, m) for i, s, m in found]
@@ -226,7 +227,7 @@ class DuplicateGroup:
     score: float
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "paths": self.paths, "score": round(float(self.score), 6)}
+        return {"kind": self.kind, "paths": self.paths, "score": float(self.score)}
 
 
 def find_duplicates(
