@@ -5,6 +5,10 @@
                          [--before YYYY-MM-DD] [--folder DIR] [--camera NAME] [--sort relevance|newest|oldest] [--json]
     python -m app search --batch QUERIES.jsonl ...      (one {"text": ..., "image": ...} per line)
     python -m app duplicates [--threshold T] [--json]
+    python -m app ask "QUESTION" [--image PATH] [--db DB_DIR] [-k K] [--json]
+    python -m app ask --batch QUESTIONS.jsonl ...       (one {"question": ..., "image": ...} per line)
+    python -m app serve [--db DB_DIR] [--model MODEL] [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--share]
+    python -m app demo                                  (sample album + index + UI: `make run`)
 
 Every subcommand is one `add_*_arguments(parser)` + one `cmd_*(args) -> int` pair registered in
 COMMANDS at the bottom; add new subcommands (ask, serve, demo) the same way.
@@ -187,6 +191,145 @@ def cmd_duplicates(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- ask
+
+
+def add_ask_arguments(p: argparse.ArgumentParser) -> None:
+    from app.answer import AnswerConfig
+
+    defaults = AnswerConfig()
+    p.add_argument("question", nargs="?", help="a question about your photos")
+    p.add_argument("--image", metavar="PATH", help="ask about this photo (no retrieval)")
+    p.add_argument("--batch", metavar="QUESTIONS.jsonl",
+                   help='answer one {"question": ..., "image": ...} per line ("image" optional); one JSON answer per line')
+    add_db_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("-k", type=int, default=defaults.k, help=f"photos retrieved per question (default {defaults.k})")
+    p.add_argument("--min-score", type=float, default=defaults.min_score,
+                   help=f"no photo at or above this similarity: no answer (default {defaults.min_score})")
+    p.add_argument("--max-context", type=int, default=defaults.max_context,
+                   help=f"at most this many photos shown to the model (default {defaults.max_context})")
+    p.add_argument("--after", metavar="YYYY-MM-DD", help="only photos taken on or after this day")
+    p.add_argument("--before", metavar="YYYY-MM-DD", help="only photos taken before this day")
+    p.add_argument("--folder", metavar="DIR", help="only photos in this folder or below")
+    p.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]}')
+
+
+def cmd_ask(args) -> int:
+    from app.answer import AnswerConfig, Answerer
+    from app.config import resolve_model
+    from app.search import Filters, QueryError
+
+    if args.batch is None and not args.question:
+        raise QueryError('give a QUESTION, or --batch QUESTIONS.jsonl')
+    filters = Filters(after=args.after, before=args.before, folder=args.folder)
+    filters.where()  # bad dates fail before the model loads
+    from cafe_core import CafeModel
+
+    # One model for everything: questions about a photo need no index, so it is opened on first need.
+    model = CafeModel.load(resolve_model(args.model), device=args.device)
+    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context)
+    answerer = Answerer(model, None, config)
+
+    def run(question, image, echo: bool = False):
+        if image is None and answerer.index is None:
+            from app.index import PhotoIndex
+
+            answerer.index = PhotoIndex.open(db=args.db, model=model, create=False, chroma_host=args.chroma_host,
+                                             chroma_port=args.chroma_port)
+        result, sent = None, ""
+        for result in answerer.stream(question, k=args.k, filters=filters, image=image):
+            if echo and not result.done:  # print the answer as it is generated
+                sys.stdout.write(result.text[len(sent):])
+                sys.stdout.flush()
+                sent = result.text
+        if echo:
+            print(result.text if not sent else "", flush=True)
+        return result
+
+    if args.batch is not None:
+        return _ask_batch(args.batch, run)
+    if args.json:
+        print_json(run(args.question, args.image).to_json())
+        return 0
+    result = run(args.question, args.image, echo=True)
+    for s in result.sources:
+        mark = f"[{s.n}]" if s.n else "   "
+        score = f"{s.score:.4f}" if s.score is not None else "      "
+        print(f"  {mark} {score}  {s.date}  {s.path}" + ("" if s.cited else "  (not cited)"))
+    return 0
+
+
+def _ask_batch(path: str, run: Callable) -> int:
+    """One JSON answer line out per question line in; a bad line prints {"error": ...} and the batch goes on."""
+    from app.search import QueryError
+
+    source = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    failures = 0
+    with source:
+        for line_no, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+                    raise QueryError('each line must be a JSON object with a "question" string')
+                print_json(run(item["question"], item.get("image")).to_json())
+            except (QueryError, json.JSONDecodeError) as e:
+                failures += 1
+                print_json({"error": f"line {line_no}: {e}"})
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------------- serve, demo
+
+
+def add_serve_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    add_db_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes your photos)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    if demo:
+        p.add_argument("--album", metavar="DIR", help="sample album folder (default: sample-album next to the db)")
+
+
+def _serve(args, before_launch=None) -> int:
+    from app.config import IndexConfig
+    from app.service import PhotoService
+    from app.ui import ServeOptions, parse_auth, serve
+
+    if args.chroma_host:
+        raise ConfigError("the web UI uses a database folder (--db), not a chroma server")
+    options = ServeOptions(host=args.host, port=args.port, share=args.share, auth=parse_auth(args.auth))
+    db = args.db or str(default_db_dir())
+
+    def factory(thumbs_dir):
+        service = PhotoService(db, args.model, device=args.device, thumbs_dir=thumbs_dir, index_config=IndexConfig())
+        if before_launch is not None:
+            before_launch(service)
+        return service
+
+    return serve(factory, options)
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    add_serve_arguments(p, demo=True)
+
+
+def cmd_serve(args) -> int:
+    return _serve(args)
+
+
+def cmd_demo(args) -> int:
+    from app.demo import default_album_dir, ensure_album, index_with_progress
+
+    photos = ensure_album(args.album or default_album_dir(args.db))
+    return _serve(args, before_launch=lambda service: index_with_progress(service, photos))
+
+
 # --------------------------------------------------------------------------------------------- main
 
 # name -> (help, add_arguments, run). New subcommands (ask, serve, demo) register here.
@@ -194,6 +337,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "index": ("index (or update the index of) photo folders", add_index_arguments, cmd_index),
     "search": ("search indexed photos by text and/or image", add_search_arguments, cmd_search),
     "duplicates": ("list exact and near-duplicate photos", add_duplicates_arguments, cmd_duplicates),
+    "ask": ("answer a question from your photos (or about one photo), citing them", add_ask_arguments, cmd_ask),
+    "serve": ("run the web UI (binds 127.0.0.1 unless told otherwise)", add_serve_arguments, cmd_serve),
+    "demo": ("create a sample album, index it and serve the web UI (make run)", add_demo_arguments, cmd_demo),
 }
 
 

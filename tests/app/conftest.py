@@ -132,3 +132,7 @@ def chroma_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+# Web UI fixtures (a sample album with ground truth and a `serve` subprocess), shared by the UI test modules.
+from tests.app.ui_server import ui_server  # noqa: E402,F401

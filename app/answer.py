@@ -1,0 +1,238 @@
+"""Grounded answers about retrieved photos (multimodal RAG with one CAFe model).
+
+The same CafeModel instance embeds the question (retrieval through app.search) and reads the best
+photos to answer it, citing them as [1], [2], ... in the order they were shown:
+
+    from app.index import PhotoIndex
+    from app.answer import Answerer
+    index = PhotoIndex.open(db=..., model=...)
+    answerer = Answerer(index.model, index)
+    result = answerer.answer("What color is the background in the photo with the red circle?")
+    result.text        # "gray [1]"
+    result.sources     # [Source(path=..., score=0.71, n=1, cited=True), ...]
+
+    for partial in answerer.stream(question):   # the UI: the text grows, sources come with the last one
+        print(partial.text)
+
+A question about one given photo (`image=`) skips retrieval and asks the model about that photo alone.
+When no photo scores at least `AnswerConfig.min_score`, the answer says so and the model is not asked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from PIL import Image
+
+from app.photos import SkipPhoto, load_photo, prepare_image
+from app.search import Filters, Hit, QueryError, search
+from cafe_core import prompts
+
+# What the user sees when retrieval finds nothing good enough to answer from.
+NO_MATCH_ANSWER = "I found no matching photo for that question, so I cannot answer it from your photos."
+
+_CITATION = re.compile(r"\[(\d+)\]")
+
+
+@dataclass
+class AnswerConfig:
+    """How grounded answers pick their evidence and generate.
+
+    k: photos retrieved for a question (the candidates the context is chosen from).
+    min_score: cosine similarity a photo needs to count as matching the question; below it for every
+        photo, the answer is NO_MATCH_ANSWER. Calibrated on the shipped model, where question-to-photo
+        scores of the intended photo sit well above 0.2 and unrelated questions stay below.
+    max_context: at most this many photos are shown to the model.
+    context_margin: only photos within this cosine distance of the best score are shown. A tiny model
+        answers best when the evidence is unambiguous: near-ties are shown, clear runners-up are not.
+    max_new_tokens: length limit of the generated answer.
+    max_side: longest side of each photo handed to the model (its processor resizes further).
+    """
+
+    k: int = 10
+    min_score: float = 0.2
+    max_context: int = 3
+    context_margin: float = 0.05
+    max_new_tokens: int = 48
+    max_side: int = 512
+    max_pixels: int = 150_000_000
+
+
+@dataclass
+class Source:
+    """A photo the answer was grounded on. n: its number [n] in the prompt (None for a given photo)."""
+
+    path: str
+    score: float | None
+    date: str = ""
+    n: int | None = None
+    cited: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "score": None if self.score is None else round(float(self.score), 6),
+            "date": self.date,
+            "n": self.n,
+            "cited": self.cited,
+        }
+
+
+@dataclass
+class Answer:
+    """An answer (possibly still streaming) and its photos.
+
+    text: the answer so far; sources: the context photos, cited ones first once `done`;
+    found: False when no photo matched (text is NO_MATCH_ANSWER); citations: [n] -> path.
+    """
+
+    question: str
+    text: str = ""
+    sources: list[Source] = field(default_factory=list)
+    found: bool = True
+    done: bool = False
+
+    @property
+    def citations(self) -> dict[int, str]:
+        """Every [n] in the text that names a context photo, mapped to that photo's path."""
+        by_n = {s.n: s.path for s in self.sources if s.n is not None}
+        return {n: by_n[n] for n in cited_numbers(self.text) if n in by_n}
+
+    @property
+    def cited_paths(self) -> list[str]:
+        """Paths of the cited photos, first citation first."""
+        return list(self.citations.values())
+
+    def to_json(self) -> dict:
+        """The CLI's JSON contract: {"answer": ..., "sources": [{"path", "score", ...}]}."""
+        return {"answer": self.text, "sources": [s.to_json() for s in self.sources]}
+
+
+def cited_numbers(text: str) -> list[int]:
+    """The distinct [n] citations in text, in order of first appearance."""
+    seen: list[int] = []
+    for m in _CITATION.finditer(text):
+        n = int(m.group(1))
+        if n not in seen:
+            seen.append(n)
+    return seen
+
+
+def select_context(hits: Sequence[Hit], config: AnswerConfig) -> list[Hit]:
+    """The photos to show the model: score >= min_score, within context_margin of the best, at most max_context.
+
+    `hits` must be ordered best first (as app.search returns them by relevance).
+    """
+    passing = [h for h in hits if h.score >= config.min_score]
+    if not passing:
+        return []
+    best = passing[0].score
+    return [h for h in passing if h.score >= best - config.context_margin][: config.max_context]
+
+
+def order_sources(sources: Sequence[Source], text: str) -> list[Source]:
+    """Mark the sources cited in text; cited ones first (by first citation), then the rest by score."""
+    order = cited_numbers(text)
+    for s in sources:
+        s.cited = s.n in order
+    cited = sorted((s for s in sources if s.cited), key=lambda s: order.index(s.n))
+    rest = [s for s in sources if not s.cited]
+    return cited + rest
+
+
+class Answerer:
+    """Answers questions with one CafeModel: retrieval through `index` (a PhotoIndex on the same model).
+
+    `index` may be None when only questions about given photos are asked (no retrieval).
+    """
+
+    def __init__(self, model, index=None, config: AnswerConfig | None = None):
+        if index is not None and index.model is not model:
+            # One model serves both embedding and generation: never hold two in memory.
+            raise ValueError("the index must use the answering model itself (index.model is model)")
+        self.model = model
+        self.index = index
+        self.config = config or AnswerConfig()
+
+    # ------------------------------------------------------------------------------------ public
+
+    def answer(self, question: str, k: int | None = None, filters: Filters | None = None, image=None) -> Answer:
+        """The complete answer (see stream())."""
+        result = Answer(question)
+        for result in self.stream(question, k=k, filters=filters, image=image):
+            pass
+        return result
+
+    def stream(
+        self, question: str, k: int | None = None, filters: Filters | None = None, image=None
+    ) -> Iterator[Answer]:
+        """Yield the answer as it is generated: each Answer has the text so far; the last has done=True.
+
+        image: a photo (path or PIL image) to ask about directly; retrieval is skipped and `sources`
+        is that photo. Otherwise the question retrieves up to k photos (filters apply) and the
+        context photos (see select_context) are shown to the model with their dates.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise QueryError("the question is empty")
+        question = question.strip()
+        if image is not None:
+            yield from self._stream_about(question, image)
+        else:
+            yield from self._stream_grounded(question, k, filters)
+
+    def retrieve(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
+        """The photos the question retrieves (best first), before the context is chosen."""
+        if self.index is None:
+            raise QueryError("no photo index is open: index photos first, or ask about one photo")
+        return search(self.index, text=question, k=k or self.config.k, filters=filters)
+
+    # ----------------------------------------------------------------------------------- private
+
+    def _generate(self, content: str, images: list[Image.Image], result: Answer) -> Iterator[Answer]:
+        for piece in self.model.stream(content, images, max_new_tokens=self.config.max_new_tokens):
+            result.text += piece
+            yield result
+
+    def _stream_grounded(self, question: str, k: int | None, filters: Filters | None) -> Iterator[Answer]:
+        context = select_context(self.retrieve(question, k, filters), self.config)
+        result = Answer(question)
+        if not context:
+            result.text, result.found, result.done = NO_MATCH_ANSWER, False, True
+            yield result
+            return
+        result.sources = [Source(h.path, h.score, h.date[:10], n) for n, h in enumerate(context, 1)]
+        images = [self._load(h.path) for h in context]
+        content = prompts.grounded_user_content(question, [s.date for s in result.sources])
+        yield from self._generate(content, images, result)
+        result.text = result.text.strip()
+        result.sources = order_sources(result.sources, result.text)
+        result.done = True
+        yield result
+
+    def _stream_about(self, question: str, image) -> Iterator[Answer]:
+        if isinstance(image, Image.Image):
+            img, path = prepare_image(image.copy(), self.config.max_side), getattr(image, "filename", "") or ""
+        else:
+            path = os.path.abspath(os.fspath(image))
+            img = self._load(path)
+        result = Answer(question, sources=[Source(path, None, cited=True)])
+        yield from self._generate(question, [img], result)
+        result.text = result.text.strip()
+        result.done = True
+        yield result
+
+    def _load(self, path: str) -> Image.Image:
+        try:
+            img, _ = load_photo(path, max_pixels=self.config.max_pixels, max_side=self.config.max_side)
+        except (SkipPhoto, OSError) as e:
+            raise QueryError(f"cannot read the photo {path}: {e}") from None
+        return img
+
+
+def answer(index, question: str, k: int | None = None, filters: Filters | None = None,
+           config: AnswerConfig | None = None) -> Answer:
+    """One grounded answer from a PhotoIndex, with its own model (see Answerer)."""
+    return Answerer(index.model, index, config).answer(question, k=k, filters=filters)
