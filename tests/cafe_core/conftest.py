@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
-from PIL import Image
-
-from cafe_core import CafeModel
-from cafe_core.tiny import save_tiny
-
-# Telemetry off, nothing fetched from the hub (tests must pass without internet).
+# Telemetry off, nothing fetched from the hub (tests must pass without internet); set before any HF import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cafe_core import CafeModel  # noqa: E402
+from cafe_core.tiny import save_tiny  # noqa: E402
 
 ARCHS = ("llava", "llava-onevision")
 
