@@ -293,7 +293,10 @@ def add_serve_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--auth", metavar="USER:PASS", help="require this login")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     if demo:
+        from app.demo import DEMO_N
+
         p.add_argument("--album", metavar="DIR", help="sample album folder (default: sample-album next to the db)")
+        p.add_argument("--album-size", type=int, default=DEMO_N, help=f"photos in the sample album (default {DEMO_N})")
 
 
 def _serve(args, before_launch=None) -> int:
@@ -326,7 +329,7 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from app.demo import default_album_dir, ensure_album, index_with_progress
 
-    photos = ensure_album(args.album or default_album_dir(args.db))
+    photos = ensure_album(args.album or default_album_dir(args.db), n=args.album_size)
     return _serve(args, before_launch=lambda service: index_with_progress(service, photos))
 
 

@@ -61,20 +61,21 @@ def write_ui_album(folder: Path, n: int = UI_ALBUM_N, seed: int = UI_ALBUM_SEED)
     return load_ground_truth(folder)
 
 
-def start_server(model: str, db: Path, workdir: Path, extra_args: tuple[str, ...] = (), timeout: float = 120):
-    """Start `python -m app serve` on a free loopback port with the audit hook; returns (proc, url, port, log)."""
+def start_server(model: str, db: Path, workdir: Path, extra_args: tuple[str, ...] = (), timeout: float = 120,
+                 command: str = "serve"):
+    """Start `python -m app serve` (or demo) on a free loopback port with the audit hook; returns (proc, url, port, log)."""
     from tests.app.conftest import free_port
 
     port = free_port()
     audit_log = workdir / "outbound.log"
-    log = workdir / f"serve-{port}.log"
+    log = workdir / f"{command}-{port}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(AUDIT_DIR), str(REPO_ROOT)])
     env["CAFE_AUDIT_LOG"] = str(audit_log)
     env.pop("GRADIO_ANALYTICS_ENABLED", None)  # the app must turn analytics off by itself
     out = open(log, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--db", str(db), "--model", model, "--port", str(port),
+        [sys.executable, "-m", "app", command, "--db", str(db), "--model", model, "--port", str(port),
          "--device", "cpu", *extra_args],
         cwd=str(workdir), env=env, stdout=out, stderr=subprocess.STDOUT,
     )
