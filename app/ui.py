@@ -20,6 +20,7 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from urllib.parse import quote  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -208,7 +209,7 @@ class _Handlers:
             return "", ""
         hit = results[evt.index]
         path = hit["photo"]
-        link = f"/gradio_api/file={path}"
+        link = "/gradio_api/file=" + quote(path)
         md = (f"**{Path(path).name}** · score {hit['score']:.3f} · taken {hit['date'][:10]}  \n"
               f"`{path}` · [open original]({link})")
         return path, md
@@ -245,12 +246,12 @@ class _Handlers:
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
         cited = [s for s in result.sources if s.cited and s.n is not None]
-        if cited:
+        if not result.text:
+            history[-1] = {"role": "assistant", "content": "(the model gave no answer)"}
+        elif cited:
             lines = "  \n".join(f"[{s.n}] {Path(s.path).name} · {s.date}" for s in cited)
             history[-1] = {"role": "assistant", "content": f"{result.text}\n\n{lines}"}
             history += [{"role": "assistant", "content": _photo(self.s.thumbnail(s.path))} for s in cited]
-        if not result.text:
-            history[-1] = {"role": "assistant", "content": "(the model gave no answer)"}
         gallery = [(self.s.thumbnail(s.path), f"[{s.n}] {Path(s.path).name}") for s in cited]
         answer = result.to_json()
         if not result.found:
