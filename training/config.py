@@ -33,7 +33,7 @@ class TrainConfig:
     con_weight: float = 1.0
     lm_weight: float = 1.0
     gather_with_grad: bool = False  # see cafe_core.losses (gradient scaling across ranks)
-    forward: str = "shared"  # shared (vision once per image) | naive (reference, three passes)
+    forward: str = "shared"  # shared (vision once per image) | tree (also one LM pass: prompts share the prefix) | naive (reference)
     # --- parameters
     mode: str = "full"  # full | lora | qlora
     lr: float = 1e-5
@@ -75,7 +75,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         choices = {
-            "loss": ("cafe", "contrastive", "lm"), "forward": ("shared", "naive"), "mode": ("full", "lora", "qlora"),
+            "loss": ("cafe", "contrastive", "lm"), "forward": ("shared", "tree", "naive"), "mode": ("full", "lora", "qlora"),
             "optim": ("adamw", "adamw8bit"), "schedule": ("cosine", "constant"), "augment": ("none", "sampleworld"),
             "precision": ("auto", "fp32", "bf16", "fp16"), "distributed": ("ddp", "fsdp"),
             "save_dtype": ("float32", "bfloat16", "float16"),
