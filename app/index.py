@@ -332,6 +332,10 @@ class _BatchWriter:
             store.upsert([item.id for item in batch], vectors, [photo_record(item.meta) for item in batch])
             report.embedded += len(batch)
             done.extend(batch)
+            # Later copies of these bytes in this run reuse the stored vectors (the decode threads
+            # read this dict; adding keys is atomic under the GIL).
+            for item in batch:
+                self.by_hash.setdefault(item.meta.content_hash, item.id)
 
         for item in done:
             if item.id in self.stored:

@@ -194,6 +194,15 @@ def test_other_roots_are_left_alone_and_copies_reuse_vectors(tmp_path, album, ti
     shutil.copy(sorted(specs)[0], copy)
     report = index.update([root / "b"])
     assert report.added == 1 and report.embedded == 0 and report.unchanged == 8
+    # Copies new in the same run: once the first is stored, the others reuse its vector.
+    (new_photo,) = write_world(root / "c", 1, seed=321)
+    for n in range(30):
+        shutil.copy(new_photo, root / "c" / f"copy{n:02d}.jpg")
+    report = index.update([root / "c"])
+    assert report.added == 31 and report.embedded < 31
+    vectors = index.store.vectors([photo_id(str(p)) for p in sorted((root / "c").glob("*.jpg"))])
+    assert len(vectors) == 31 and all(np.allclose(v, vectors[photo_id(str(new_photo))], atol=1e-6)
+                                      for v in vectors.values())
 
 
 def test_model_mismatch_is_refused(tmp_path, album, tiny_model, other_model):
