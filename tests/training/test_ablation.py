@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 
 import pytest
@@ -86,8 +87,6 @@ def test_rerun_reuses_finished_runs(ablation_run):
     args = ablation.build_parser().parse_args(ablation_run["argv"])
     run_dir = ablation_run["root"] / "runs" / "lm"
     before = (run_dir / "metrics.jsonl").stat().st_mtime_ns
-    import os
-
     cwd = os.getcwd()
     os.chdir(ablation_run["root"])
     try:
