@@ -276,13 +276,11 @@ def find_duplicates(
     n_results = min(neighbours + 1, len(ids))
     linked: list[tuple[int, int, float]] = []
     for start in range(0, len(ids), 256):
-        block = vectors[start : start + 256]
-        res = store.collection.query(query_embeddings=block, n_results=n_results, include=["distances"])
-        for row, (nbr_ids, dists) in enumerate(zip(res["ids"], res["distances"])):
+        rows = store.query_many(vectors[start : start + 256], n_results)
+        for row, neighbours_of_a in enumerate(rows):
             a = start + row
-            for nbr, dist in zip(nbr_ids, dists):
+            for nbr, score, _ in neighbours_of_a:
                 b = position.get(nbr)
-                score = 1.0 - float(dist)
                 if b is None or b == a or score < near_threshold:
                     continue
                 if hashes[a] and hashes[a] == hashes[b]:
