@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 
-from cafe_core.forward import collate, naive_forward, shared_forward
+from cafe_core.forward import collate, naive_forward, shared_forward, tree_forward
 from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
 from cafe_core.loading import load_model_and_processor, resolve_device
 from cafe_core.losses import CafeLoss
@@ -52,6 +52,8 @@ class TrainStep(nn.Module):
     def forward(self, batch):
         if self.forward_kind == "naive":
             out = naive_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
+        elif self.forward_kind == "tree":
+            out = tree_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
         else:
             out = shared_forward(self.model, batch, self.need_lm, self.need_embeddings)
         return out.lm_loss, out.image_emb, out.text_emb
@@ -176,6 +178,7 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(self.dataset) // per_step))
+        self.end_step = min(self.total_steps, cfg.stop_at) if cfg.stop_at > 0 else self.total_steps
         self.amp_dtype = autocast_dtype(cfg, self.device)
         if start is not None:
             self._load_state(start)
@@ -292,10 +295,10 @@ class Trainer:
         batches = iter(Prefetcher(self._batches))
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
+        bar = tqdm(total=self.end_step, initial=self.state["step"], desc="train", unit="step",
                    disable=not self.is_main, dynamic_ncols=True)
         t_last, samples_since = time.perf_counter(), 0
-        while self.state["step"] < self.total_steps:
+        while self.state["step"] < self.end_step:
             step = self.state["step"]
             factor = lr_factor(step, self.total_steps, cfg)
             for g, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -347,10 +350,10 @@ class Trainer:
                 t_last, samples_since = now, 0
             bar.set_postfix(loss=f"{sums['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{rate:.1f}")
             bar.update(1)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.end_step:
                 self._save(step + 1)
         bar.close()
-        last = self._save(self.total_steps)
+        last = self._save(self.end_step)
         final = self._export_final(last) if self.is_main else None
         if self.world > 1:
             dist.barrier()
@@ -405,7 +408,7 @@ class Trainer:
             log.warning("eval_data skipped: the final folder holds LoRA adapters only (merge_lora: false)")
         elif self.cfg.eval_data:
             eval_metrics = self._final_eval(tmp)
-        write_model_card(tmp, self.cfg, self.total_steps, eval_metrics)
+        write_model_card(tmp, self.cfg, self.end_step, eval_metrics)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         log.info("final model written to %s", final)
