@@ -8,8 +8,10 @@ PY=${PY:-.venv/bin/python}
 [ -f runs/demo-data/test/ground_truth.json ] || $PY -m data synth runs/demo-data/test --n 400 --seed 3 --split test
 [ -f runs/demo-stage1/final/config.json ] || $PY -m training train --config training/configs/demo-stage1-lm.yaml --resume
 [ -f runs/demo-stage2/final/config.json ] || $PY -m training train --config training/configs/demo-stage2-cafe.yaml --resume
+[ -f runs/demo-stage3/final/config.json ] || $PY -m training train --config training/configs/demo-stage3-cafe.yaml --resume
 rm -rf models/cafe-tiny-sampleworld.tmp
-cp -r runs/demo-stage2/final models/cafe-tiny-sampleworld.tmp
+cp -r runs/demo-stage3/final models/cafe-tiny-sampleworld.tmp
+rm -rf models/cafe-tiny-sampleworld.tmp/eval
 rm -rf models/cafe-tiny-sampleworld
 mv models/cafe-tiny-sampleworld.tmp models/cafe-tiny-sampleworld
 echo "models/cafe-tiny-sampleworld written"

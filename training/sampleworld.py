@@ -52,13 +52,13 @@ class SampleWorldAugment:
     """
 
     def __init__(self, data_dir: str | Path, seed: int, max_qa_turns: int = 6, caption_turn_prob: float = 0.3,
-                 p_full: float = 0.5, p_grounded: float = 0.0, p_question: float = 0.0):
+                 p_full: float = 0.5, p_grounded: float = 0.0, p_question: float = 0.0, p_yes_no: float = 0.0):
         gt_path = Path(data_dir) / "ground_truth.json"
         if not gt_path.exists():
             raise FileNotFoundError(f"augment: sampleworld needs {gt_path} (a `python -m data synth` folder)")
         self.photos = {p["id"]: p for p in json.loads(gt_path.read_text())["photos"]}
         self.seed, self.max_qa_turns, self.caption_turn_prob, self.p_full = seed, max_qa_turns, caption_turn_prob, p_full
-        self.p_grounded, self.p_question = p_grounded, p_question
+        self.p_grounded, self.p_question, self.p_yes_no = p_grounded, p_question, p_yes_no
 
     @staticmethod
     def _referring(gt: dict, rng: random.Random) -> tuple[tuple, list[str]]:
@@ -96,8 +96,14 @@ class SampleWorldAugment:
                 f"a {o['color']} {o['shape']} on a {gt['background']} background",
             ][form]
             named = [f"{o['color']} {o['shape']}"] + ([f"bg:{gt['background']}"] if form == 3 else [])
-        pool = [(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] != "describe"]
-        pool += [(p["question"], p["answer"]) for p in gt.get("pope", [])]
+        if self.p_yes_no > 0:  # balanced yes/no turns: the answer must come from the image, not the prior
+            pool = [(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] not in ("describe", "exists")]
+            yes_no = [(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] == "exists"]
+            yes_no += [(p["question"], p["answer"]) for p in gt.get("pope", [])]
+            by_answer = {a: [qa for qa in yes_no if qa[1] == a] for a in ("yes", "no")}
+        else:
+            pool = [(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] != "describe"]
+            pool += [(p["question"], p["answer"]) for p in gt.get("pope", [])]
         turns: list[Turn] = []
         if rng.random() < self.p_grounded:  # the app's grounded-answer format, one photo cited as [1]
             reqs, _ = self._referring(gt, rng)
@@ -108,6 +114,12 @@ class SampleWorldAugment:
             describe = next((q for q in gt["qa"] if q["qtype"] == "describe"), None)
             if describe:
                 turns += [Turn("user", describe["question"]), Turn("assistant", rng.choice(gt["captions"]))]
-        for q, a in rng.sample(pool, min(self.max_qa_turns, len(pool))):
+        picked = rng.sample(pool, min(self.max_qa_turns, len(pool)))
+        if self.p_yes_no > 0:
+            for i in range(len(picked)):
+                if rng.random() < self.p_yes_no:
+                    answers = by_answer["yes" if rng.random() < 0.5 else "no"] or yes_no
+                    picked[i] = rng.choice(answers)
+        for q, a in picked:
             turns += [Turn("user", q), Turn("assistant", a)]
         return AugmentedSample(sample.id, sample.image, turns, caption, _tags(named), image_tags)
