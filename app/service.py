@@ -22,7 +22,8 @@ from app.photos import IMAGE_EXTENSIONS, SkipPhoto, load_photo, photo_path
 from app.search import Filters, Hit, QueryError, search
 from app.store import photo_id
 
-THUMBNAIL_SIDE = 384  # gallery and chat thumbnails: small to send, big enough to see the photo
+THUMBNAIL_SIDE = 384  # gallery thumbnails: small to send, big enough to see the photo
+CHAT_THUMBNAIL_SIDE = 160  # photos inside chat messages: a glance, the gallery has the big one
 
 
 class _SerializedStore:
@@ -217,14 +218,14 @@ class PhotoService:
 
     # ---------------------------------------------------------------------------------- thumbnails
 
-    def thumbnail(self, path: str) -> str:
-        """A JPEG thumbnail of a photo in the server's temp folder (made once per file version)."""
+    def thumbnail(self, path: str, side: int = THUMBNAIL_SIDE) -> str:
+        """A JPEG thumbnail of a photo in the server's temp folder (made once per file version and size)."""
         st = os.stat(path)
-        key = hashlib.blake2b(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=12).hexdigest()
+        key = hashlib.blake2b(f"{path}|{st.st_size}|{st.st_mtime_ns}|{side}".encode(), digest_size=12).hexdigest()
         out = self.thumbs_dir / f"{key}.jpg"
         if not out.exists():
             try:
-                img, _ = load_photo(path, max_pixels=self.index_config.max_pixels, max_side=THUMBNAIL_SIDE)
+                img, _ = load_photo(path, max_pixels=self.index_config.max_pixels, max_side=side)
             except SkipPhoto as e:
                 raise QueryError(f"cannot read {path}: {e}") from None
             tmp = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")

@@ -29,7 +29,7 @@ import gradio as gr  # noqa: E402
 from app.answer import Answerer  # noqa: E402
 from app.config import ConfigError, SearchConfig  # noqa: E402
 from app.search import Filters, Hit, QueryError  # noqa: E402
-from app.service import PhotoService  # noqa: E402
+from app.service import CHAT_THUMBNAIL_SIDE, PhotoService  # noqa: E402
 from app.store import StoreError  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -131,9 +131,9 @@ def _for_json(record: dict) -> dict:
     return {("photo" if key == "path" else key): value for key, value in record.items()}
 
 
-def _photo(path: str):
-    """A photo inside a chat message (no share button)."""
-    return gr.Image(path, buttons=NO_SHARE, show_label=False, container=False)
+def _photo(path: str) -> dict:
+    """A photo inside a chat message (its share button is hidden by CSS)."""
+    return {"path": path}
 
 
 def _caption(hit: Hit) -> str:
@@ -222,13 +222,15 @@ class _Handlers:
         return gr.Tabs(selected="chat"), path, f"Asking about **{Path(path).name}**"
 
     # Chat -------------------------------------------------------------------------------------
-    def chat(self, message, upload, picked, history, k, answer_threshold, max_context):
+    def chat(self, message, upload, picked, history, k, answer_threshold, max_context, margin=None):
         question = (message or "").strip()
         if not question:
             raise gr.Error("type a question")
         history = list(history or [])
         cfg = dataclasses.replace(self.s.answer_config, k=int(k), min_score=float(answer_threshold),
                                   max_context=int(max_context))
+        if margin is not None:
+            cfg.context_margin = float(margin)
         answerer = Answerer(self.s.model, self.s.index, cfg)
         try:
             image = upload or (self.s.indexed_photo(picked) if picked else None)
@@ -236,7 +238,7 @@ class _Handlers:
             raise gr.Error(str(e)) from None
         history.append({"role": "user", "content": question})
         if image:
-            history.append({"role": "user", "content": _photo(upload or self.s.thumbnail(image))})
+            history.append({"role": "user", "content": _photo(self.s.thumbnail(image, CHAT_THUMBNAIL_SIDE))})
         history.append({"role": "assistant", "content": ""})
         result = None
         try:
@@ -251,7 +253,8 @@ class _Handlers:
         elif cited:
             lines = "  \n".join(f"[{s.n}] {Path(s.path).name} · {s.date}" for s in cited)
             history[-1] = {"role": "assistant", "content": f"{result.text}\n\n{lines}"}
-            history += [{"role": "assistant", "content": _photo(self.s.thumbnail(s.path))} for s in cited]
+            history += [{"role": "assistant", "content": _photo(self.s.thumbnail(s.path, CHAT_THUMBNAIL_SIDE))}
+                        for s in cited]
         gallery = [(self.s.thumbnail(s.path), f"[{s.n}] {Path(s.path).name}") for s in cited]
         answer = result.to_json()
         if not result.found:
@@ -348,7 +351,8 @@ def build_ui(service: PhotoService) -> gr.Blocks:
                         picked = gr.Textbox(label="Photo picked from search", interactive=False, elem_id="chat-picked")
                         picked_md = gr.Markdown("")
                         clear_pick = gr.Button("Clear picked photo", size="sm")
-                        cited = gr.Gallery(label="Cited photos", columns=3, height="auto", object_fit="contain",
+                        cited = gr.Gallery(label="Cited photos", columns=3, fit_columns=False, height=260,
+                                           object_fit="contain",
                                            buttons=NO_SHARE, elem_id="chat-cited")
                         with gr.Accordion("Answer details", open=False):
                             answer_json = gr.JSON(label="Answer", elem_id="chat-answer")
@@ -364,8 +368,13 @@ def build_ui(service: PhotoService) -> gr.Blocks:
                 answer_threshold = gr.Slider(0.0, 1.0, value=service.answer_config.min_score, step=0.01,
                                              label="Answer threshold (no photo above it: no answer)",
                                              elem_id="settings-answer-threshold")
-                max_context = gr.Slider(1, 6, value=service.answer_config.max_context, step=1,
-                                        label="Photos shown to the model per answer", elem_id="settings-context")
+                with gr.Row():
+                    max_context = gr.Slider(1, 6, value=service.answer_config.max_context, step=1,
+                                            label="At most this many photos shown to the model per answer",
+                                            elem_id="settings-context")
+                    margin = gr.Slider(0.0, 0.2, value=service.answer_config.context_margin, step=0.005,
+                                       label="Show photos within this score of the best (context margin)",
+                                       elem_id="settings-margin")
                 stats_json = gr.JSON(value=stats, label="Index statistics", elem_id="settings-stats")
                 stats_btn = gr.Button("Refresh statistics", size="sm")
 
@@ -389,7 +398,7 @@ def build_ui(service: PhotoService) -> gr.Blocks:
         ask_btn.click(h.pick_for_chat, [selected], [tabs, picked, picked_md], api_name="pick_for_chat")
         clear_pick.click(lambda: ("", ""), None, [picked, picked_md], api_visibility="private")
 
-        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context]
+        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context, margin]
         chat_out = [chatbot, cited, answer_json, message, chat_status]
         send_btn.click(h.chat, chat_in, chat_out, api_name="chat")
         message.submit(h.chat, chat_in, chat_out, api_visibility="private")

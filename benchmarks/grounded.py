@@ -13,7 +13,10 @@ the same model, an answer that cites them. Per question:
 - in_context: the right photo was among the photos shown to the model;
 - cited_first: the first source of the answer (cited first) is the right photo;
 - answer_correct: the answer text, citations removed, equals the ground-truth answer;
-- grounded_correct: answer_correct and cited_first (the headline figure; goal >= 0.8, floor 0.4).
+- cites_a_photo: the answer cites at least one shown photo as [n];
+- grounded_correct: answer_correct and cited_first (the headline figure; goal >= 0.8, floor 0.4);
+- reading_given_right_photo: the answer is right when only the right photo is shown (the reading
+  link alone, as if retrieval were perfect).
 
 Each wrong grounded answer is attributed to the first link that failed: "retrieval" (the right photo
 was not shown), "citation" (shown but not cited first), "reading" (cited first, wrong answer), or
@@ -37,12 +40,35 @@ sys.path.insert(0, str(REPO))
 from app.config import apply_quiet_env  # noqa: E402
 
 _CITATION = re.compile(r"\[\d+\]")
+# Questions no sample-world photo can answer: the answerer should say it found no matching photo.
+OFF_TOPIC = (
+    "What breed is the dog on the beach?",
+    "Who is standing next to the Eiffel Tower?",
+    "What does the street sign in Paris say?",
+    "How old is the baby in the birthday photo?",
+    "What is written on my passport scan?",
+)
 
 
 def normalise(text: str) -> str:
     """Lowercase, citations and punctuation removed, single spaces."""
     text = _CITATION.sub(" ", text.lower())
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text).split())
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def right_hit(index, photos: Path, photo_id_: str):
+    """The index's record of a ground-truth photo, as a search Hit (score 1)."""
+    from app.search import Hit
+    from app.store import photo_id
+
+    path = str(photos / f"{photo_id_}.jpg")
+    meta = index.store.get([photo_id(path)])[photo_id(path)]
+    return Hit(id=photo_id(path), path=path, score=1.0, taken=float(meta["taken"]), metadata=meta)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     failures: Counter = Counter()
     context_sizes: Counter = Counter()
     examples = []
+    top_scores: list[float] = []
     t0 = time.perf_counter()
     for q in questions:
         right = q["photo_ids"][0]
         top = search(index, text=q["question"], k=1)
+        top_scores.extend(h.score for h in top)
         result = answerer.answer(q["question"])
         shown = [Path(s.path).stem for s in sorted(result.sources, key=lambda s: s.n or 0)]
         first = Path(result.sources[0].path).stem if result.sources and result.sources[0].cited else None
@@ -106,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             "in_context": right in shown,
             "cited_first": first == right,
             "answer_correct": normalise(result.text) == normalise(q["answer"]),
+            "cites_a_photo": bool(result.citations),
         }
         row["grounded_correct"] = row["answer_correct"] and row["cited_first"]
+        # The reading link alone: only the right photo shown (as retrieval at its best would).
+        oracle = None
+        for oracle in answerer.stream_with_context(q["question"], [right_hit(index, photos, right)]):
+            pass
+        row["reading_given_right_photo"] = normalise(oracle.text) == normalise(q["answer"])
         context_sizes[len(shown)] += 1
         for key, ok in row.items():
             totals[key] += ok
@@ -123,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "top1": Path(top[0].path).stem if top else None,
                                  "scores": [round(s.score, 4) for s in result.sources if s.score is not None]})
     answer_s = time.perf_counter() - t0
+    off_scores = [search(index, text=q, k=1)[0].score for q in OFF_TOPIC]
+    off_refused = sum(not answerer.answer(q).found for q in OFF_TOPIC)
 
     n = max(1, len(questions))
     out = {
@@ -137,12 +173,19 @@ def main(argv: list[str] | None = None) -> int:
         "in_context": round(totals["in_context"] / n, 4),
         "cited_first_right_photo": round(totals["cited_first"] / n, 4),
         "answer_correct": round(totals["answer_correct"] / n, 4),
+        "cites_a_photo": round(totals["cites_a_photo"] / n, 4),
+        "reading_given_right_photo": round(totals["reading_given_right_photo"] / n, 4),
         "failed_link": dict(failures),
+        # Where min_score must stay below: the best score each album question gets.
+        "top1_score": {"min": round(min(top_scores), 4), "p10": round(quantile(top_scores, 0.1), 4),
+                       "median": round(quantile(top_scores, 0.5), 4)} if top_scores else {},
+        "off_topic": {"refused": f"{off_refused}/{len(OFF_TOPIC)}", "top1_score_max": round(max(off_scores), 4)},
         "context_photos": {str(k): v for k, v in sorted(context_sizes.items())},
         "by_qtype": {
             t: {"n": c["n"], "grounded_accuracy": round(c["grounded_correct"] / c["n"], 4),
                 "retrieval_top1": round(c["retrieval_top1"] / c["n"], 4),
-                "answer_correct": round(c["answer_correct"] / c["n"], 4)}
+                "answer_correct": round(c["answer_correct"] / c["n"], 4),
+                "reading_given_right_photo": round(c["reading_given_right_photo"] / c["n"], 4)}
             for t, c in sorted(by_type.items())
         },
         "index_seconds": round(index_s, 1),

@@ -124,10 +124,10 @@ def test_search_shows_a_red_circle_first(page, ui_server, shots_dir):
     assert all(urlparse(i.get_attribute("src")).hostname == "127.0.0.1" for i in imgs)
     scores = [float(c.split(" · ")[0]) for c in captions]
     assert scores == sorted(scores, reverse=True)
+    page.save_screenshot(str(shots_dir / "search.png"))
     top = ui_server.photo_spec(captions[0].split(" · ")[1])
     if shipped_model():
         assert any(o["color"] == "red" and o["shape"] == "circle" for o in top["objects"]), (captions[0], top)
-    page.save_screenshot(str(shots_dir / "search.png"))
 
 
 def test_pick_a_photo_find_similar_and_ask_about_it(page, ui_server):

@@ -110,7 +110,7 @@ def test_handlers_refuse_photos_that_are_not_indexed(client, ui_server, planted,
 
 def test_chat_refuses_a_picked_photo_that_is_not_indexed(client, planted):
     with pytest.raises(Exception, match="not in the index"):
-        client.predict("what is this?", None, str(planted["secret_photo"]), [], 10, 0.0, 3, api_name="/chat")
+        client.predict("what is this?", None, str(planted["secret_photo"]), [], 10, 0.0, 3, 0.0, api_name="/chat")
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -178,8 +178,8 @@ def test_full_session_makes_no_outbound_connections(ui_server, client, planted):
     client.predict(results[0]["photo"], "", "", None, 0.0, 5, api_name="/find_similar")
     client.predict(results[0]["photo"], api_name="/pick_for_chat")
     q = ui_server.ground_truth["album_questions"][0]["question"]
-    client.predict(q, None, "", [], 10, 0.0, 3, api_name="/chat")
-    client.predict("what is this?", None, results[0]["photo"], [], 10, 0.0, 3, api_name="/chat")
+    client.predict(q, None, "", [], 10, 0.0, 3, 0.0, api_name="/chat")
+    client.predict("what is this?", None, results[0]["photo"], [], 10, 0.0, 3, 0.0, api_name="/chat")
     client.predict(api_name="/stats")
     http_get(ui_server.port, "/")
     http_get(ui_server.port, file_url(results[0]["photo"]))
