@@ -18,6 +18,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import dataclasses  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from urllib.parse import quote  # noqa: E402
@@ -459,8 +460,14 @@ def launch(service: PhotoService, options: ServeOptions, temp_dir: str, block: b
     return demo, url
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(service_factory, options: ServeOptions) -> int:
     """Run the UI until interrupted: a private temp folder for Gradio, removed on exit."""
+    # `kill` (SIGTERM) stops the server like Ctrl-C, so the temp folder is removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     temp_dir = make_temp_dir()
     os.environ["GRADIO_TEMP_DIR"] = temp_dir  # uploads and Gradio's file cache live here, nowhere else
     try:
