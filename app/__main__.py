@@ -142,8 +142,9 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _search_batch(path: str, run: Callable) -> int:
-    """One JSON line out per query line in; a bad query prints {"error": ...} and the batch goes on."""
+def _jsonl_batch(path: str, handle: Callable[[dict], dict]) -> int:
+    """One JSON line out per JSON-object line in (``-`` reads stdin); a bad line prints {"error": ...}
+    and the batch goes on; exit 1 when any line failed."""
     from app.search import QueryError
 
     source = sys.stdin if path == "-" else open(path, encoding="utf-8")
@@ -153,15 +154,19 @@ def _search_batch(path: str, run: Callable) -> int:
             if not line.strip():
                 continue
             try:
-                query = json.loads(line)
-                if not isinstance(query, dict):
+                item = json.loads(line)
+                if not isinstance(item, dict):
                     raise QueryError("each line must be a JSON object")
-                hits = run(query.get("text"), query.get("image"))
-                print_json({"results": [h.to_json() for h in hits]})
+                print_json(handle(item))
             except (QueryError, json.JSONDecodeError) as e:
                 failures += 1
                 print_json({"error": f"line {line_no}: {e}"})
     return 1 if failures else 0
+
+
+def _search_batch(path: str, run: Callable) -> int:
+    """`search --batch`: one {"text": ..., "image": ...} per line -> one {"results": [...]} per line."""
+    return _jsonl_batch(path, lambda q: {"results": [h.to_json() for h in run(q.get("text"), q.get("image"))]})
 
 
 # --------------------------------------------------------------------------------------------- duplicates
@@ -261,24 +266,15 @@ def cmd_ask(args) -> int:
 
 
 def _ask_batch(path: str, run: Callable) -> int:
-    """One JSON answer line out per question line in; a bad line prints {"error": ...} and the batch goes on."""
+    """`ask --batch`: one {"question": ..., "image": ...} per line -> one answer object per line."""
     from app.search import QueryError
 
-    source = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    failures = 0
-    with source:
-        for line_no, line in enumerate(source, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-                    raise QueryError('each line must be a JSON object with a "question" string')
-                print_json(run(item["question"], item.get("image")).to_json())
-            except (QueryError, json.JSONDecodeError) as e:
-                failures += 1
-                print_json({"error": f"line {line_no}: {e}"})
-    return 1 if failures else 0
+    def handle(item: dict) -> dict:
+        if not isinstance(item.get("question"), str):
+            raise QueryError('each line must be a JSON object with a "question" string')
+        return run(item["question"], item.get("image")).to_json()
+
+    return _jsonl_batch(path, handle)
 
 
 # --------------------------------------------------------------------------------------------- serve, demo

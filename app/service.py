@@ -229,6 +229,7 @@ class PhotoService:
             except SkipPhoto as e:
                 raise QueryError(f"cannot read {path}: {e}") from None
             tmp = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            self.thumbs_dir.mkdir(parents=True, exist_ok=True)  # recreate if a temp cleaner removed it
             img.save(tmp, "JPEG", quality=85)
             os.replace(tmp, out)  # atomic: a tab never sees half a thumbnail
         return str(out)
