@@ -57,6 +57,16 @@ class _TokenQueue:
         self.queue.put(None)
 
 
+class _StopWhenSet:
+    """A generation stopping criterion: stop once ``event`` is set (the stream's consumer went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class CafeModel:
     """Embed images, texts and image+text queries, and generate answers, with one loaded model.
 
@@ -208,14 +218,17 @@ class CafeModel:
     ) -> Iterator[str]:
         """Yield the answer in pieces as tokens are generated; ``"".join`` equals :meth:`generate`'s output."""
         inputs = self._generation_inputs(question, images, history)
+        from transformers import StoppingCriteriaList
+
         streamer = _TokenQueue()
         errors: list[BaseException] = []
+        abandoned = threading.Event()
 
         def run():
             try:
                 with torch.inference_mode():
                     self.model.generate(
-                        **inputs, streamer=streamer,
+                        **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet(abandoned)]),
                         **self._generate_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k),
                     )
             except BaseException as e:  # surfaced in the consumer thread below
@@ -226,15 +239,18 @@ class CafeModel:
         thread.start()
         tokens: list[int] = []
         sent = ""
-        while (piece := streamer.queue.get()) is not None:
-            tokens.extend(piece)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            # Hold back a trailing partial UTF-8 character until its bytes are complete.
-            if text.endswith("\ufffd"):
-                continue
-            if len(text) > len(sent) and text.startswith(sent):
-                yield text[len(sent):]
-                sent = text
+        try:
+            while (piece := streamer.queue.get()) is not None:
+                tokens.extend(piece)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                # Hold back a trailing partial UTF-8 character until its bytes are complete.
+                if text.endswith("\ufffd"):
+                    continue
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield text[len(sent):]
+                    sent = text
+        finally:  # a consumer that stops early (closed generator) also stops the generation thread
+            abandoned.set()
         thread.join()
         if errors:
             raise errors[0]

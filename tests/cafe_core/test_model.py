@@ -139,3 +139,18 @@ def test_composed_query_differs_from_image_alone(ov_model):
     img = ov_model.embed_images([image])[0]
     mm = ov_model.embed_multimodal([image, image], ["at night", "with a red circle"])
     assert np.abs(mm[0] - img).max() > 1e-3 and np.abs(mm[0] - mm[1]).max() > 1e-3
+
+
+def test_closing_a_stream_early_stops_generation(ov_model):
+    """A consumer that walks away (e.g. a closed browser tab) must not leave a generation thread running."""
+    import threading
+    import time
+
+    before = {t.ident for t in threading.enumerate()}
+    pieces = ov_model.stream("Describe the photo.", max_new_tokens=4000)
+    next(pieces)
+    pieces.close()
+    deadline = time.time() + 10
+    while time.time() < deadline and {t.ident for t in threading.enumerate()} - before:
+        time.sleep(0.05)
+    assert not ({t.ident for t in threading.enumerate()} - before), "generation thread still running after close()"
