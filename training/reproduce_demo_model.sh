@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, ~75 min).
+# Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, about 100 min on 2 cores).
 # Each stage resumes from its last checkpoint if interrupted: just run the script again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,9 @@ PY=${PY:-.venv/bin/python}
 [ -f runs/demo-stage1/final/config.json ] || $PY -m training train --config training/configs/demo-stage1-lm.yaml --resume
 [ -f runs/demo-stage2/final/config.json ] || $PY -m training train --config training/configs/demo-stage2-cafe.yaml --resume
 [ -f runs/demo-stage3/final/config.json ] || $PY -m training train --config training/configs/demo-stage3-cafe.yaml --resume
+[ -f runs/demo-stage4/final/config.json ] || $PY -m training train --config training/configs/demo-stage4-cafe.yaml --resume
 rm -rf models/cafe-tiny-sampleworld.tmp
-cp -r runs/demo-stage3/final models/cafe-tiny-sampleworld.tmp
+cp -r runs/demo-stage4/final models/cafe-tiny-sampleworld.tmp
 rm -rf models/cafe-tiny-sampleworld.tmp/eval
 rm -rf models/cafe-tiny-sampleworld
 mv models/cafe-tiny-sampleworld.tmp models/cafe-tiny-sampleworld
