@@ -14,6 +14,7 @@ from PIL import Image
 
 from . import prompts
 from .errors import InputError
+from .forward import multimodal_base
 from .inputs import PromptEncoder, check_images
 from .loading import load_model_and_processor
 from .pooling import pool_last_token
@@ -122,7 +123,7 @@ class CafeModel:
     def _embed_prompts(self, texts: list[str], images: list[Image.Image] | None, batch_size, progress, desc):
         bs = batch_size or self.batch_size
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        base = self.model.model  # the multimodal base model: returns post-norm last_hidden_state, no lm_head
+        base = multimodal_base(self.model)  # post-norm last_hidden_state, no lm_head (also through peft)
         steps = range(0, len(texts), bs)
         if progress:
             from tqdm import tqdm

@@ -9,6 +9,7 @@ single-process reference is built from exactly the same numbers.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -95,3 +96,9 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Results are on disk and the process group is gone. Skip interpreter teardown: with the
+    # gather-with-grad autograd path, gloo intermittently aborts there ("terminate called without an
+    # active exception", ~1 run in 5), which would fail the test for a reason unrelated to the losses.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
