@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, about 100 min on 2 cores).
+# Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, about 90 min on 2 idle cores).
 # Each stage resumes from its last checkpoint if interrupted: just run the script again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,10 +8,8 @@ PY=${PY:-.venv/bin/python}
 [ -f runs/demo-data/test/ground_truth.json ] || $PY -m data synth runs/demo-data/test --n 400 --seed 3 --split test
 [ -f runs/demo-stage1/final/config.json ] || $PY -m training train --config training/configs/demo-stage1-lm.yaml --resume
 [ -f runs/demo-stage2/final/config.json ] || $PY -m training train --config training/configs/demo-stage2-cafe.yaml --resume
-[ -f runs/demo-stage3/final/config.json ] || $PY -m training train --config training/configs/demo-stage3-cafe.yaml --resume
-[ -f runs/demo-stage4/final/config.json ] || $PY -m training train --config training/configs/demo-stage4-cafe.yaml --resume
 rm -rf models/cafe-tiny-sampleworld.tmp
-cp -r runs/demo-stage4/final models/cafe-tiny-sampleworld.tmp
+cp -r runs/demo-stage2/final models/cafe-tiny-sampleworld.tmp
 rm -rf models/cafe-tiny-sampleworld.tmp/eval
 rm -rf models/cafe-tiny-sampleworld
 mv models/cafe-tiny-sampleworld.tmp models/cafe-tiny-sampleworld
