@@ -213,10 +213,7 @@ def add_ask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-score", type=float, default=defaults.min_score,
                    help=f"no photo at or above this similarity: no answer (default {defaults.min_score})")
     p.add_argument("--max-context", type=int, default=defaults.max_context,
-                   help=f"at most this many photos shown to the model at once (default {defaults.max_context})")
-    p.add_argument("--max-checks", type=int, default=defaults.max_checks,
-                   help="photo groups tried in turn while the model says the photos shown do not match "
-                        f"(default {defaults.max_checks})")
+                   help=f"at most this many photos shown to the model (default {defaults.max_context})")
     p.add_argument("--after", metavar="YYYY-MM-DD", help="only photos taken on or after this day")
     p.add_argument("--before", metavar="YYYY-MM-DD", help="only photos taken before this day")
     p.add_argument("--folder", metavar="DIR", help="only photos in this folder or below")
@@ -236,7 +233,7 @@ def cmd_ask(args) -> int:
 
     # One model for everything: questions about a photo need no index, so it is opened on first need.
     model = CafeModel.load(resolve_model(args.model), device=args.device)
-    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context, max_checks=args.max_checks)
+    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context)
     answerer = Answerer(model, None, config)
 
     def run(question, image, echo: bool = False):

@@ -16,12 +16,6 @@ photos to answer it, citing them as [1], [2], ... in the order they were shown:
 
 A question about one given photo (`image=`) skips retrieval and asks the model about that photo alone.
 When no photo scores at least `AnswerConfig.min_score`, the answer says so and the model is not asked.
-
-The model also checks its evidence: when the photos shown do not fit what the question describes, a
-model trained for it (the shipped one is) replies `prompts.NO_MATCHING_PHOTO` instead of answering.
-That reply is never shown: the next-best photos are shown instead, up to `AnswerConfig.max_checks`
-contexts, and if the model turns them all down the answer is NO_MATCH_ANSWER. A model that never
-replies so simply answers from the first context.
 """
 
 from __future__ import annotations
@@ -61,8 +55,6 @@ class AnswerConfig:
         for 90% of questions) -> 26%, 27%; 0.05 -> 27%, 27%. It was trained with one photo per grounded
         prompt, so it reads best from one; a model trained with several photos per prompt can use a
         wider margin (e.g. 0.05).
-    max_checks: contexts tried in turn (best photos first) while the model replies that the photos shown
-        do not match the question (prompts.NO_MATCHING_PHOTO); 1 answers from the first context only.
     max_new_tokens: length limit of the generated answer.
     max_side: longest side of each photo handed to the model (its processor resizes further).
     """
@@ -71,7 +63,6 @@ class AnswerConfig:
     min_score: float = 0.69
     max_context: int = 3
     context_margin: float = 0.0
-    max_checks: int = 3
     max_new_tokens: int = 48
     max_side: int = 512
     max_pixels: int = 150_000_000
@@ -102,8 +93,7 @@ class Answer:
     """An answer (possibly still streaming) and its photos.
 
     text: the answer so far; sources: the context photos, cited ones first once `done`;
-    found: False when no photo matched (text is NO_MATCH_ANSWER); citations: [n] -> path;
-    checked: photos the model was shown and turned down as not matching the question.
+    found: False when no photo matched (text is NO_MATCH_ANSWER); citations: [n] -> path.
     """
 
     question: str
@@ -111,7 +101,6 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
     found: bool = True
     done: bool = False
-    checked: list[Source] = field(default_factory=list)
 
     @property
     def citations(self) -> dict[int, str]:
@@ -126,10 +115,7 @@ class Answer:
 
     def to_json(self) -> dict:
         """The CLI's JSON contract: {"answer": ..., "sources": [{"path", "score", ...}]}."""
-        out = {"answer": self.text, "sources": [s.to_json() for s in self.sources]}
-        if self.checked:
-            out["checked"] = [s.to_json() for s in self.checked]
-        return out
+        return {"answer": self.text, "sources": [s.to_json() for s in self.sources]}
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -152,31 +138,6 @@ def select_context(hits: Sequence[Hit], config: AnswerConfig) -> list[Hit]:
         return []
     best = passing[0].score
     return [h for h in passing if h.score >= best - config.context_margin][: config.max_context]
-
-
-def contexts(hits: Sequence[Hit], config: AnswerConfig) -> Iterator[list[Hit]]:
-    """Successive contexts to show, best first: select_context() of the hits not shown yet, at most max_checks."""
-    remaining = list(hits)
-    for _ in range(config.max_checks):
-        context = select_context(remaining, config)
-        if not context:
-            return
-        yield context
-        remaining = remaining[len(context):]  # a context is always a prefix of the remaining hits
-
-
-def _words(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", _CITATION.sub(" ", text.lower())).split())
-
-
-def is_rejection(text: str) -> bool:
-    """True when a reply is the model's "these photos do not match the question" (prompts.NO_MATCHING_PHOTO)."""
-    return _words(text) == _words(prompts.NO_MATCHING_PHOTO)
-
-
-def may_become_rejection(text: str) -> bool:
-    """True while a partial reply could still turn out to be a rejection (so it is not shown yet)."""
-    return _words(prompts.NO_MATCHING_PHOTO).startswith(_words(text))
 
 
 def order_sources(sources: Sequence[Source], text: str) -> list[Source]:
@@ -242,55 +203,27 @@ class Answerer:
             result.text += piece
             yield result
 
-    def _read(self, question: str, context: Sequence[Hit], result: Answer, hold_rejection: bool):
-        """Generate the grounded answer over one context into result (a generator; returns the reply).
-
-        With hold_rejection, nothing is yielded while the reply could still be NO_MATCHING_PHOTO.
-        """
-        sources = [Source(h.path, h.score, h.date[:10], n) for n, h in enumerate(context, 1)]
-        images = [self._load(h.path) for h in context]
-        content = prompts.grounded_user_content(question, [s.date for s in sources])
-        reply = ""
-        for piece in self.model.stream(content, images, max_new_tokens=self.config.max_new_tokens):
-            reply += piece
-            if hold_rejection and may_become_rejection(reply):
-                continue
-            result.text, result.sources = reply, sources
-            yield result
-        result.text, result.sources = reply.strip(), sources
-        return result.text
-
-    def _finish(self, result: Answer) -> Answer:
-        result.sources = order_sources(result.sources, result.text)
-        result.done = True
-        return result
-
     def stream_with_context(self, question: str, context: Sequence[Hit]) -> Iterator[Answer]:
         """stream() with the context photos given (numbered [1], [2], ... in this order): no retrieval.
 
-        The reply is as the model gives it, a rejection (NO_MATCHING_PHOTO) included. Benchmarks use it
-        to score the reading link alone (the right photo shown, is the answer right?).
+        Benchmarks use it to score the reading link alone (the right photo shown, is the answer right?).
         """
         result = Answer(question)
         if not context:
             result.text, result.found, result.done = NO_MATCH_ANSWER, False, True
             yield result
             return
-        yield from self._read(question, context, result, hold_rejection=False)
-        yield self._finish(result)
-
-    def _stream_grounded(self, question: str, k: int | None, filters: Filters | None) -> Iterator[Answer]:
-        result = Answer(question)
-        for context in contexts(self.retrieve(question, k, filters), self.config):
-            reply = yield from self._read(question, context, result, hold_rejection=True)
-            if not is_rejection(reply):
-                yield self._finish(result)
-                return
-            result.checked.extend(result.sources)  # the model says these photos do not fit the question
-            result.text, result.sources = "", []
-        result.text, result.found = NO_MATCH_ANSWER, False
+        result.sources = [Source(h.path, h.score, h.date[:10], n) for n, h in enumerate(context, 1)]
+        images = [self._load(h.path) for h in context]
+        content = prompts.grounded_user_content(question, [s.date for s in result.sources])
+        yield from self._generate(content, images, result)
+        result.text = result.text.strip()
+        result.sources = order_sources(result.sources, result.text)
         result.done = True
         yield result
+
+    def _stream_grounded(self, question: str, k: int | None, filters: Filters | None) -> Iterator[Answer]:
+        yield from self.stream_with_context(question, select_context(self.retrieve(question, k, filters), self.config))
 
     def _stream_about(self, question: str, image) -> Iterator[Answer]:
         if isinstance(image, Image.Image):

@@ -258,18 +258,13 @@ class _Handlers:
                         for s in cited]
         gallery = [(self.s.thumbnail(s.path), f"[{s.n}] {Path(s.path).name}") for s in cited]
         answer = result.to_json()
-        turned_down = f" The model turned down {len(result.checked)} closer photo(s) as not matching." \
-            if result.checked else ""
         if not result.found:
-            done = "No matching photo." + turned_down
+            done = "No matching photo."
         elif image:
             done = "Answered about one photo."
         else:
-            done = f"Answered from {len(result.sources)} photo(s), cited {len(cited)}." + turned_down
-        for key in ("sources", "checked"):
-            if key in answer:
-                answer[key] = [_for_json(s) for s in answer[key]]
-        yield history, gallery, answer, "", done
+            done = f"Answered from {len(result.sources)} photo(s), cited {len(cited)}."
+        yield history, gallery, {**answer, "sources": [_for_json(s) for s in answer["sources"]]}, "", done
 
     # Settings ---------------------------------------------------------------------------------
     def load_model(self, model):

@@ -19,9 +19,9 @@ the same model, an answer that cites them. Per question:
   link alone, as if retrieval were perfect).
 
 Each wrong grounded answer is attributed to the first link that failed: "retrieval" (the right photo
-was not shown), "citation" (shown but not cited first), "reading" (cited first, wrong answer),
-"no_match" (nothing scored above the threshold) or "turned_down" (the model said every photo it was
-shown in turn, up to max_checks, does not match the question)."""
+was not shown), "citation" (shown but not cited first), "reading" (cited first, wrong answer), or
+"no_match" (nothing scored above the threshold).
+"""
 
 from __future__ import annotations
 
@@ -86,13 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-score", type=float, default=defaults.min_score)
     p.add_argument("--max-context", type=int, default=defaults.max_context)
     p.add_argument("--margin", type=float, default=defaults.context_margin, help="context_margin")
-    p.add_argument("--max-checks", type=int, default=defaults.max_checks, help="max_checks")
     p.add_argument("--examples", type=int, default=8, help="wrong answers to include in the report")
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args(argv)
     apply_quiet_env()
 
-    from app.answer import Answerer, is_rejection
+    from app.answer import Answerer
     from app.config import resolve_model
     from app.demo import ensure_album
     from app.index import PhotoIndex
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     index_s = time.perf_counter() - t0
 
     config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context,
-                          context_margin=args.margin, max_checks=args.max_checks)
+                          context_margin=args.margin)
     answerer = Answerer(model, index, config)
     totals: Counter = Counter()
     by_type: dict[str, Counter] = defaultdict(Counter)
@@ -136,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             "cited_first": first == right,
             "answer_correct": normalise(result.text) == normalise(q["answer"]),
             "cites_a_photo": bool(result.citations),
-            "checked_others_first": bool(result.checked),
-            "turned_down_right_photo": right in [Path(s.path).stem for s in result.checked],
         }
         row["grounded_correct"] = row["answer_correct"] and row["cited_first"]
         # The reading link alone: only the right photo shown (as retrieval at its best would).
@@ -145,15 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         for oracle in answerer.stream_with_context(q["question"], [right_hit(index, photos, right)]):
             pass
         row["reading_given_right_photo"] = normalise(oracle.text) == normalise(q["answer"])
-        row["rejects_right_photo"] = is_rejection(oracle.text)
         context_sizes[len(shown)] += 1
         for key, ok in row.items():
             totals[key] += ok
             by_type[q["qtype"]][key] += ok
         by_type[q["qtype"]]["n"] += 1
         if not row["grounded_correct"]:
-            link = ("no_match" if not result.found and not result.checked else "turned_down" if not result.found
-                    else "retrieval" if not row["in_context"]
+            link = ("no_match" if not result.found else "retrieval" if not row["in_context"]
                     else "citation" if not row["cited_first"] else "reading")
             failures[link] += 1
             if len(examples) < args.examples:
@@ -171,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "fingerprint": model.fingerprint,
         "album": {"photos": report.total, "seed": args.seed, "split": args.split, "skipped": len(report.skipped)},
         "config": {"k": config.k, "min_score": config.min_score, "max_context": config.max_context,
-                   "context_margin": config.context_margin, "max_checks": config.max_checks},
+                   "context_margin": config.context_margin},
         "questions": len(questions),
         "grounded_accuracy": round(totals["grounded_correct"] / n, 4),
         "retrieval_top1": round(totals["retrieval_top1"] / n, 4),
@@ -180,11 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         "answer_correct": round(totals["answer_correct"] / n, 4),
         "cites_a_photo": round(totals["cites_a_photo"] / n, 4),
         "reading_given_right_photo": round(totals["reading_given_right_photo"] / n, 4),
-        # The model's own check of its evidence: how often a first-choice photo was turned down (and
-        # the next shown), and how often it turned down the right photo (alone, or in the answer flow).
-        "checked_others_first": round(totals["checked_others_first"] / n, 4),
-        "rejects_right_photo_when_shown_alone": round(totals["rejects_right_photo"] / n, 4),
-        "turned_down_right_photo": round(totals["turned_down_right_photo"] / n, 4),
         "failed_link": dict(failures),
         # Where min_score must stay below: the best score each album question gets.
         "top1_score": {"min": round(min(top_scores), 4), "p10": round(quantile(top_scores, 0.1), 4),

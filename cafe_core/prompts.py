@@ -126,11 +126,6 @@ def grounded_user_content(question: str, dates: Sequence[str]) -> str:
     return photos + GROUNDED_QUESTION.format(question=question)
 
 
-# The reply to a grounded question whose photos do not show what the question describes ("the photo
-# with the purple star" when the photo shown has none): the app then shows the next-best photos.
-NO_MATCHING_PHOTO = "no matching photo"
-
-
 def cite(answer: str, n: int) -> str:
     """The grounded answer format the model is trained to produce: ``"gray [1]"``."""
     return f"{answer} [{n}]"

@@ -27,7 +27,6 @@ class TrainConfig:
     p_question_caption: float = 0.0  # sampleworld: contrastive text is a question naming the photo
     p_grounded: float = 0.0  # sampleworld: conversation opens with the app's grounded-answer format
     p_yes_no: float = 0.0  # sampleworld: chance a QA turn is a yes/no question, half "yes" half "no"
-    p_grounded_mismatch: float = 0.0  # sampleworld: chance a grounded turn describes another photo (reply: no matching photo)
     image_max_side: int = 512  # decode-time downscale of large photos
     num_workers: int = 0  # DataLoader worker processes
     # --- losses
@@ -94,7 +93,7 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
         for key in ("warmup_ratio", "min_lr_ratio", "caption_turn_prob", "p_full_caption", "p_question_caption",
-                    "p_grounded", "p_yes_no", "p_grounded_mismatch"):
+                    "p_grounded", "p_yes_no"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 0 and 1")
         if self.max_steps == 0 and self.epochs == 0:

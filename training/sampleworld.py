@@ -16,7 +16,7 @@ import numpy as np
 
 from cafe_core import prompts
 from data.formats import Turn
-from data.vocab import BACKGROUNDS, COLORS, SHAPES, SIZES, probe_pairs
+from data.vocab import BACKGROUNDS, COLORS, SHAPES
 from data.world import ALBUM_FORMS, PhotoSpec, referring_question
 
 # Tag space for false-negative masking: one bit per (color, shape) object kind, one per background.
@@ -49,21 +49,16 @@ class SampleWorldAugment:
     (and background) the text names, so photos that also match are not used as negatives.
     Conversation: the describe turn with prob ``caption_turn_prob``, plus ``max_qa_turns`` random turns
     drawn from the photo's QA pairs and POPE probes (yes/no questions ground the answers in the image).
-    Grounded turns (the app's format, prob ``p_grounded``) name the photo by its content and cite it;
-    with prob ``p_grounded_mismatch`` the description is changed in one attribute so that this photo
-    no longer fits it, and the reply is ``prompts.NO_MATCHING_PHOTO`` (the app then shows another photo).
     """
 
     def __init__(self, data_dir: str | Path, seed: int, max_qa_turns: int = 6, caption_turn_prob: float = 0.3,
-                 p_full: float = 0.5, p_grounded: float = 0.0, p_question: float = 0.0, p_yes_no: float = 0.0,
-                 p_grounded_mismatch: float = 0.0):
+                 p_full: float = 0.5, p_grounded: float = 0.0, p_question: float = 0.0, p_yes_no: float = 0.0):
         gt_path = Path(data_dir) / "ground_truth.json"
         if not gt_path.exists():
             raise FileNotFoundError(f"augment: sampleworld needs {gt_path} (a `python -m data synth` folder)")
         self.photos = {p["id"]: p for p in json.loads(gt_path.read_text())["photos"]}
         self.seed, self.max_qa_turns, self.caption_turn_prob, self.p_full = seed, max_qa_turns, caption_turn_prob, p_full
         self.p_grounded, self.p_question, self.p_yes_no = p_grounded, p_question, p_yes_no
-        self.p_grounded_mismatch = p_grounded_mismatch
 
     @staticmethod
     def _referring(gt: dict, rng: random.Random) -> tuple[tuple, list[str]]:
@@ -72,26 +67,6 @@ class SampleWorldAugment:
         sized = rng.random() < 0.3
         reqs = tuple((o["color"], o["shape"], o["size"] if sized else None) for o in objs)
         return reqs, [f"{o['color']} {o['shape']}" for o in objs]
-
-    @staticmethod
-    def _mismatched(gt: dict, reqs: tuple, rng: random.Random) -> tuple | None:
-        """reqs with one requirement changed (color, shape or size) so that this photo no longer fits.
-
-        A near miss, like the runner-up photos retrieval returns; only (color, shape) pairs the photo's
-        split may name are used, so held-out compositional pairs stay unseen. None if nothing fits.
-        """
-        kinds = {(o["color"], o["shape"]) for o in gt["objects"]}
-        sized = {(o["color"], o["shape"], o["size"]) for o in gt["objects"]}
-        allowed = set(probe_pairs(gt["split"]))
-        i = rng.randrange(len(reqs))
-        color, shape, size = reqs[i]
-        options = [(c, shape, size) for c in COLORS if (c, shape) in allowed and (c, shape) not in kinds]
-        options += [(color, s, size) for s in SHAPES if (color, s) in allowed and (color, s) not in kinds]
-        if size is not None:
-            options += [(color, shape, z) for z in SIZES if (color, shape, z) not in sized]
-        if not options:
-            return None
-        return reqs[:i] + (rng.choice(options),) + reqs[i + 1:]
 
     def _rng(self, epoch: int, sample_id: str) -> random.Random:
         h = hashlib.sha256(f"{self.seed}|{epoch}|{sample_id}".encode()).digest()
@@ -132,12 +107,9 @@ class SampleWorldAugment:
         turns: list[Turn] = []
         if rng.random() < self.p_grounded:  # the app's grounded-answer format, one photo cited as [1]
             reqs, _ = self._referring(gt, rng)
-            wrong = None
-            if self.p_grounded_mismatch > 0 and rng.random() < self.p_grounded_mismatch:
-                wrong = self._mismatched(gt, reqs, rng)
-            q, a = referring_question(PhotoSpec.from_dict(gt), wrong or reqs, rng.choice(ALBUM_FORMS), rng)
-            reply = prompts.NO_MATCHING_PHOTO if wrong else prompts.cite(a, 1)
-            turns += [Turn("user", prompts.grounded_user_content(q, [gt["date"][:10]])), Turn("assistant", reply)]
+            q, a = referring_question(PhotoSpec.from_dict(gt), reqs, rng.choice(ALBUM_FORMS), rng)
+            content = prompts.grounded_user_content(q, [gt["date"][:10]])
+            turns += [Turn("user", content), Turn("assistant", prompts.cite(a, 1))]
         if rng.random() < self.caption_turn_prob:
             describe = next((q for q in gt["qa"] if q["qtype"] == "describe"), None)
             if describe:

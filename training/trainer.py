@@ -146,7 +146,7 @@ class Trainer:
 
             self.augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.max_qa_turns or 6, cfg.caption_turn_prob,
                                               cfg.p_full_caption, cfg.p_grounded, cfg.p_question_caption,
-                                              cfg.p_yes_no, cfg.p_grounded_mismatch)
+                                              cfg.p_yes_no)
 
         self.state = {"step": 0, "epoch": 0, "consumed": 0}  # consumed: samples of this epoch, all ranks
         start = latest_checkpoint(self.ckpt_root) if resume else None

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from app.answer import (
-    NO_MATCH_ANSWER, Answer, AnswerConfig, Answerer, Source, cited_numbers, contexts, is_rejection,
-    may_become_rejection, order_sources, select_context,
+    NO_MATCH_ANSWER, Answer, AnswerConfig, Answerer, Source, cited_numbers, order_sources, select_context,
 )
 from app.photos import load_photo
 from app.search import Hit, QueryError, search
@@ -62,25 +61,6 @@ def test_select_context_threshold_margin_and_cap():
     assert [h.id for h in select_context(hits, AnswerConfig(min_score=0.61))] == ["a"]
     assert select_context(hits, AnswerConfig(min_score=0.7)) == []
     assert select_context([], cfg) == []
-
-
-def test_contexts_come_best_first_one_after_another_up_to_max_checks():
-    hits = [hit(0.9, "a"), hit(0.9, "b"), hit(0.8, "c"), hit(0.7, "d"), hit(0.5, "e")]
-    cfg = AnswerConfig(min_score=0.6, max_context=3, context_margin=0.0, max_checks=3)
-    assert [[h.id for h in c] for c in contexts(hits, cfg)] == [["a", "b"], ["c"], ["d"]]  # ties shown together
-    cfg = AnswerConfig(min_score=0.6, max_context=1, context_margin=0.0, max_checks=2)
-    assert [[h.id for h in c] for c in contexts(hits, cfg)] == [["a"], ["b"]]
-    cfg = AnswerConfig(min_score=0.75, max_context=2, context_margin=0.5, max_checks=5)
-    assert [[h.id for h in c] for c in contexts(hits, cfg)] == [["a", "b"], ["c"]]  # e, d are under min_score
-    assert list(contexts(hits, AnswerConfig(min_score=0.95))) == []
-
-
-def test_rejection_replies_are_recognised_while_they_stream():
-    assert is_rejection(prompts.NO_MATCHING_PHOTO)
-    assert is_rejection(" No matching photo. ") and is_rejection("no matching photo [1]")
-    assert not is_rejection("no") and not is_rejection("gray [1]") and not is_rejection("no matching photo here")
-    assert all(may_become_rejection(prompts.NO_MATCHING_PHOTO[:i]) for i in range(len(prompts.NO_MATCHING_PHOTO) + 1))
-    assert not may_become_rejection("gray") and not may_become_rejection("no [1] red")
 
 
 def test_citations_map_to_sources_cited_first():
@@ -301,4 +281,3 @@ def test_shipped_model_streams_in_pieces(shipped_album):
     texts = [u.text for u in answerer.stream(gt["album_questions"][0]["question"])]
     assert len(set(texts)) >= 3  # the text grew over several updates
     assert texts[-1] == answerer.answer(gt["album_questions"][0]["question"]).text
-
