@@ -110,7 +110,7 @@ PRESETS: dict[str, TinyPreset] = {
         "llava", image_size=96, patch_size=8, vision_hidden=128, vision_layers=3, vision_heads=2,
         text_hidden=192, text_layers=3, text_heads=3, text_kv_heads=1, text_intermediate=512, vocab_size=800,
     ),
-    # The previous demo architecture (64 image tokens), kept for the ablation numbers measured with it.
+    # The previous demo architecture (64 image tokens), kept to reproduce the README's comparison with it.
     "llava-demo-p12": TinyPreset(
         "llava", image_size=96, patch_size=12, vision_hidden=128, vision_layers=3, vision_heads=2,
         text_hidden=192, text_layers=3, text_heads=3, text_kv_heads=1, text_intermediate=512, vocab_size=800,
