@@ -224,6 +224,9 @@ def test_model_mismatch_is_refused(tmp_path, album, tiny_model, other_model):
 def cli_env() -> dict:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", ANONYMIZED_TELEMETRY="False")
+    # Every progress step printed at once (tqdm otherwise redraws at most every 0.1 s): the kill test
+    # reads it to kill mid-run, and on a fast idle machine a whole run fits in a few redraws.
+    env.update(TQDM_MININTERVAL="0", TQDM_MINITERS="1")
     return env
 
 
