@@ -45,7 +45,7 @@ def ensure_album(album_dir: str | os.PathLike, n: int = DEMO_N, seed: int = DEMO
                 return album_dir / PHOTOS_DIR
         except (OSError, ValueError):
             pass  # unreadable: write it again
-    print(f"writing a sample album of {n} photos to {album_dir} ...", flush=True)
+    print(f"writing a sample album of {n} photos to {album_dir} ...", file=sys.stderr, flush=True)
     write_album(album_dir, n=n, seed=seed, split=split)
     return album_dir / PHOTOS_DIR
 

@@ -142,6 +142,17 @@ def _hit(record_id: str, score: float, meta: dict) -> Hit:
     return Hit(id=record_id, path=meta["path"], score=score, taken=float(meta.get("taken", 0.0)), metadata=meta)
 
 
+def indexed_hit(index, path: str, score: float = 1.0) -> Hit:
+    """The index's record of the photo at ``path`` as a Hit (to hand a known photo to the answerer)."""
+    from app.store import photo_id
+
+    record_id = photo_id(os.path.abspath(path))
+    found = index.store.get([record_id])
+    if record_id not in found:
+        raise QueryError(f"{path} is not in the index")
+    return _hit(record_id, score, found[record_id])
+
+
 def query_image(index, image) -> Image.Image:
     """A query image made ready for the model exactly as indexing does: a path or a PIL image."""
     if isinstance(image, Image.Image):

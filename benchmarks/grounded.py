@@ -61,16 +61,6 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def right_hit(index, photos: Path, photo_id_: str):
-    """The index's record of a ground-truth photo, as a search Hit (score 1)."""
-    from app.search import Hit
-    from app.store import photo_id
-
-    path = str(photos / f"{photo_id_}.jpg")
-    meta = index.store.get([photo_id(path)])[photo_id(path)]
-    return Hit(id=photo_id(path), path=path, score=1.0, taken=float(meta["taken"]), metadata=meta)
-
-
 def main(argv: list[str] | None = None) -> int:
     from app.answer import AnswerConfig
 
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.config import resolve_model
     from app.demo import ensure_album
     from app.index import PhotoIndex
-    from app.search import search
+    from app.search import indexed_hit, search
     from cafe_core import CafeModel
     from data.synth import load_ground_truth
 
@@ -139,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         row["grounded_correct"] = row["answer_correct"] and row["cited_first"]
         # The reading link alone: only the right photo shown (as retrieval at its best would).
         oracle = None
-        for oracle in answerer.stream_with_context(q["question"], [right_hit(index, photos, right)]):
+        for oracle in answerer.stream_with_context(q["question"], [indexed_hit(index, str(photos / f"{right}.jpg"))]):
             pass
         row["reading_given_right_photo"] = normalise(oracle.text) == normalise(q["answer"])
         context_sizes[len(shown)] += 1

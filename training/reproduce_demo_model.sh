@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, about 90 min on 2 idle cores).
+# Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, about 85 min on 2 idle cores).
 # Each stage resumes from its last checkpoint if interrupted: just run the script again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,7 +15,7 @@ from app.answer import (
     NO_MATCH_ANSWER, Answer, AnswerConfig, Answerer, Source, cited_numbers, order_sources, select_context,
 )
 from app.photos import load_photo
-from app.search import Hit, QueryError, search
+from app.search import Hit, QueryError, indexed_hit, search
 from cafe_core import CafeModel, prompts
 from tests.app.conftest import open_index
 from tests.app.ui_server import needs_shipped_model
@@ -261,15 +261,11 @@ def test_shipped_model_reads_the_right_photo_through_the_grounded_prompt(shipped
     grounded prompt the app builds), the model answers background questions right. A broken prompt
     (dates, placeholders, image order) would show here first."""
     answerer, gt, photos = shipped_album
-    from app.store import photo_id
-
     questions = [q for q in gt["album_questions"] if q["qtype"] == "album_background"][:10]
     right = 0
     for q in questions:
         path = str(photos / f"{q['photo_ids'][0]}.jpg")
-        meta = answerer.index.store.get([photo_id(path)])[photo_id(path)]
-        context = [Hit(photo_id(path), path, 1.0, float(meta["taken"]), meta)]
-        *_, result = answerer.stream_with_context(q["question"], context)
+        *_, result = answerer.stream_with_context(q["question"], [indexed_hit(answerer.index, path)])
         assert result.citations == {1: path} or "[" not in result.text, result.text
         right += result.text.split(" [")[0].strip().lower() == q["answer"]
     assert len(questions) >= 5 and right / len(questions) >= 0.7, (right, len(questions))

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from app import search as search_mod
 from app.photos import load_photo
-from app.search import Filters, QueryError, find_duplicates, query_vector, search, search_vector
+from app.search import Filters, QueryError, find_duplicates, indexed_hit, query_vector, search, search_vector
 from app.store import photo_id
 from data.world import render_photo, sample_photo_specs
 from tests.app.conftest import SHORT_SIDE, open_index
@@ -208,3 +208,14 @@ def test_exact_and_near_duplicates(indexed):
     assert [g.paths for g in near] == [sorted(planted)]
     assert near[0].score >= threshold and exact[0].score == 1.0
     assert all(g.kind == "exact" for g in exact) and all(g.kind == "near" for g in near)
+
+
+def test_indexed_hit_is_the_search_record_of_a_known_photo(indexed, tmp_path):
+    index, root, _ = indexed
+    photo = sorted(root.rglob("*.jpg"))[2]
+    top = search(index, image=str(photo), k=1)[0]
+    known = indexed_hit(index, str(photo))
+    assert (known.id, known.path, known.taken, known.metadata) == (top.id, top.path, top.taken, top.metadata)
+    assert known.score == 1.0
+    with pytest.raises(QueryError, match="not in the index"):
+        indexed_hit(index, str(tmp_path / "never-indexed.jpg"))

@@ -60,3 +60,20 @@ def test_caption_tags_name_what_the_text_names(train_data):
         for tag in text_tags - {t for t in text_tags if t.startswith("bg:")}:
             assert tag in s.caption, (tag, s.caption)
 
+
+
+def test_balanced_yes_no_turns_answer_yes_and_no_about_equally(train_data):
+    """p_yes_no: QA turns become yes/no questions about the photo, half "yes" (the data alone is 2/3 "no")."""
+    photos = _photos(train_data)
+    augment = SampleWorldAugment(train_data, seed=2, max_qa_turns=4, caption_turn_prob=0.0, p_yes_no=1.0)
+    answers = []
+    for epoch in range(3):
+        for pid, gt in photos.items():
+            turns = augment(SimpleNamespace(id=pid, image=object()), epoch).conversation
+            asked = {(q["question"], q["answer"]) for q in gt["qa"] if q["qtype"] == "exists"}
+            asked |= {(p["question"], p["answer"]) for p in gt.get("pope", [])}
+            for user, reply in zip(turns[::2], turns[1::2]):
+                assert (user.content, reply.content) in asked  # a real probe of this photo, with its answer
+                answers.append(reply.content)
+    assert len(answers) == 3 * 4 * len(photos)
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6
