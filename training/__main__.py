@@ -1,4 +1,5 @@
-"""``python -m training train|eval``: the CAFe trainer and its evaluation."""
+"""``python -m training train|eval|pretrain-vision``: the CAFe trainer, its evaluation, and the demo
+recipe's vision-tower pretraining (stage 0, see training/vision_pretrain.py)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,42 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _pretrain_vision(argv: list[str]) -> int:
+    from cafe_core.errors import CafeError
+
+    from .config import ConfigError, load_config
+    from .vision_pretrain import VisionPretrainConfig, pretrain_vision
+
+    ap = argparse.ArgumentParser(prog="python -m training pretrain-vision",
+                                 description="Pretrain a from-scratch LVLM's vision tower to tag sample-world objects.")
+    ap.add_argument("--config", help="YAML file (training/configs/demo-stage0-vision.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in out_dir")
+    args = ap.parse_args(argv)
+    try:
+        final = pretrain_vision(load_config(args.config, args.overrides, cls=VisionPretrainConfig), resume=args.resume)
+    except (ConfigError, CafeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(f"final model: {final}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not argv or argv[0] not in ("train", "eval"):
-        print("usage: python -m training {train,eval} ...  (--help after the command for its options)", file=sys.stderr)
+    if not argv or argv[0] not in ("train", "eval", "pretrain-vision"):
+        print("usage: python -m training {train,eval,pretrain-vision} ...  (--help after the command for its options)",
+              file=sys.stderr)
         return 2
     if argv[0] == "train":
         return _train(argv[1:])
+    if argv[0] == "pretrain-vision":
+        return _pretrain_vision(argv[1:])
     from .evaluate import main as eval_main
 
     return eval_main(argv[1:])

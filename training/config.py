@@ -140,9 +140,10 @@ def _unknown(keys, known) -> str:
     return ", ".join(hints)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Load a YAML config (optional) and apply ``key=value`` overrides; unknown keys are errors."""
-    known = {f.name for f in fields(TrainConfig)}
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=TrainConfig):
+    """Load a YAML config (optional) into ``cls`` (a config dataclass, TrainConfig by default) and apply
+    ``key=value`` overrides; unknown keys are errors."""
+    known = {f.name for f in fields(cls)}
     values: dict = {}
     if path:
         p = Path(path)
@@ -157,9 +158,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{p}: unknown config key(s) {_unknown(unknown, known)}; known keys: {sorted(known)}")
-    defaults = TrainConfig()
+    defaults = cls()
     values = {k: _typed(k, v, getattr(defaults, k), str(path)) for k, v in values.items()}
-    cfg = TrainConfig(**values)
+    cfg = cls(**values)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
