@@ -45,14 +45,14 @@ class AnswerConfig:
     min_score: cosine similarity a photo needs to count as matching the question; below it for every
         photo, the answer is NO_MATCH_ANSWER. Calibrated on the shipped model with
         benchmarks/grounded.py on a 300-photo album (seed 300): the best score of every album question
-        is >= 0.749, while questions about things the album cannot show ("What breed is the dog on
-        the beach?") top out at 0.632. Scores are model-specific: recalibrate for other models.
+        is >= 0.728, while questions about things the album cannot show ("What breed is the dog on
+        the beach?") top out at 0.643. Scores are model-specific: recalibrate for other models.
     max_context: at most this many photos are shown to the model.
     context_margin: only photos within this cosine distance of the best score are shown. A tiny model
         answers best when the evidence is unambiguous: near-ties are shown, clear runners-up are not.
         Measured on the shipped model (benchmarks/grounded.py, 300 photos, seed 300): margin 0 (the top
-        photo and exact ties) -> answers cite a photo 100% of the time, 22% right; 0.01 (2-3 photos
-        for 76% of questions) -> 97%, 19%; 0.05 (3 photos) -> 94%, 18%. It was trained with one photo per grounded
+        photo and exact ties) -> answers cite a photo 100% of the time, 32% right; 0.01 (3 photos
+        for 90% of questions) -> 26%, 27%; 0.05 -> 27%, 27%. It was trained with one photo per grounded
         prompt, so it reads best from one; a model trained with several photos per prompt can use a
         wider margin (e.g. 0.05).
     max_new_tokens: length limit of the generated answer.
