@@ -1,5 +1,5 @@
-"""``python -m training train|eval|pretrain-vision``: the CAFe trainer, its evaluation, and the demo
-recipe's vision-tower pretraining (stage 0, see training/vision_pretrain.py)."""
+"""``python -m training train|eval|pretrain-vision``: the CAFe trainer, its evaluation, and vision-tower
+pretraining for from-scratch models (see training/vision_pretrain.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import sys
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def _config_args(argv: list[str], prog: str, description: str, config_help: str) -> argparse.Namespace:
+    """The options every config-driven command shares: --config, --set KEY=VALUE (repeatable), --resume."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--config", help=config_help)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    return ap.parse_args(argv)
+
+
 def _train(argv: list[str]) -> int:
     from cafe_core.errors import CafeError
     from data.errors import DataFormatError
@@ -19,12 +29,7 @@ def _train(argv: list[str]) -> int:
     from .modes import ModeUnavailable
     from .trainer import NonFiniteLoss, train
 
-    ap = argparse.ArgumentParser(prog="python -m training train", description="Train a CAFe model.")
-    ap.add_argument("--config", help="YAML file (training/configs/*.yaml)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key (repeatable)")
-    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
-    args = ap.parse_args(argv)
+    args = _config_args(argv, "python -m training train", "Train a CAFe model.", "YAML file (training/configs/*.yaml)")
     try:
         cfg = load_config(args.config, args.overrides)
         final = train(cfg, resume=args.resume)
@@ -45,13 +50,9 @@ def _pretrain_vision(argv: list[str]) -> int:
     from .config import ConfigError, load_config
     from .vision_pretrain import VisionPretrainConfig, pretrain_vision
 
-    ap = argparse.ArgumentParser(prog="python -m training pretrain-vision",
-                                 description="Pretrain a from-scratch LVLM's vision tower to tag sample-world objects.")
-    ap.add_argument("--config", help="YAML file (training/configs/demo-stage0-vision.yaml)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key (repeatable)")
-    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in out_dir")
-    args = ap.parse_args(argv)
+    args = _config_args(argv, "python -m training pretrain-vision",
+                        "Pretrain a from-scratch LVLM's vision tower to tag sample-world objects.",
+                        "YAML file (training/configs/exp-stage0-vision.yaml)")
     try:
         final = pretrain_vision(load_config(args.config, args.overrides, cls=VisionPretrainConfig), resume=args.resume)
     except (ConfigError, CafeError, FileNotFoundError) as e:

@@ -172,5 +172,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=T
     return cfg
 
 
-def to_dict(cfg: TrainConfig) -> dict:
+def to_dict(cfg) -> dict:
+    """Any config dataclass (TrainConfig, VisionPretrainConfig) as a plain dict."""
     return dataclasses.asdict(cfg)

@@ -1,4 +1,4 @@
-"""Stage 0 of the demo recipe: pretrain the vision tower of a from-scratch LVLM to see objects.
+"""Vision-tower pretraining ("stage 0") for a from-scratch LVLM: teach its tower to see objects.
 
 Real LVLMs start from a pretrained vision encoder (SigLIP, CLIP); our tiny one starts from random
 weights, and its tower learned colors but hardly shapes from the language losses alone (shape-of-color
@@ -6,9 +6,10 @@ VQA stayed at chance). This stage gives it what a pretrained encoder brings: the
 throw-away linear head on its max-pooled tokens, is trained to tag each sample-world photo with the
 (color, shape) kinds it holds, each kind's position, and the background (multi-label, binary cross
 entropy). The features it trains are the ones the LVLM reads (``vision_feature_layer``), and photos
-go through the model's own image processor, so stage 1 starts from exactly this tower.
+go through the model's own image processor, so the next stage starts from exactly this tower. Tried
+for the demo model and not shipped (README, "What we tried").
 
-    python -m training pretrain-vision --config training/configs/demo-stage0-vision.yaml [--set key=value] [--resume]
+    python -m training pretrain-vision --config training/configs/exp-stage0-vision.yaml [--set key=value] [--resume]
 
 The output ``out_dir/final`` is the whole LVLM (tower trained, the rest as built) in save_pretrained
 form: the next stage's ``base_model``. A checkpoint every ``save_every`` steps lets ``--resume``
@@ -165,7 +166,7 @@ def _save_checkpoint(path: Path, probe: TaggingProbe, opt, step: int, gen: torch
 
 
 def pretrain_vision(cfg: VisionPretrainConfig, resume: bool = False) -> Path:
-    """Run stage 0; returns the final model folder."""
+    """Pretrain the tower; returns the final model folder."""
     from tqdm import tqdm
 
     from cafe_core.loading import load_model_and_processor

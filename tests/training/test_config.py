@@ -6,13 +6,12 @@ in-process (it returns the exit code the process would have); one test runs the 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from training.__main__ import main
-from training.config import ConfigError, TrainConfig, load_config
+from training.config import ConfigError, TrainConfig, load_config, to_dict
 from training.vision_pretrain import VisionPretrainConfig
 
 from .conftest import REPO, run_cli
@@ -105,7 +104,7 @@ def test_shipped_configs_load_and_validate(path):
     cls = VisionPretrainConfig if path.stem.endswith("-vision") else TrainConfig
     cfg = load_config(path, ["data=somewhere"], cls=cls)
     cfg.validate()
-    assert dataclasses.asdict(cfg)["base_model"]
+    assert to_dict(cfg)["base_model"]
 
 
 def test_shipped_llava_ov_configs_follow_the_paper():

@@ -1,4 +1,4 @@
-"""Stage 0 of the demo recipe (python -m training pretrain-vision): the tower learns, the rest is untouched,
+"""Vision-tower pretraining (python -m training pretrain-vision): the tower learns, the rest is untouched,
 the output loads with plain transformers, and a resumed run ends with the same weights as an uninterrupted one."""
 
 from __future__ import annotations
