@@ -96,6 +96,7 @@ class TinyPreset:
     text_kv_heads: int = 2
     text_intermediate: int = 128
     vocab_size: int = 600
+    tie_embeddings: bool = True  # share the input embeddings with the LM head (Qwen2-0.5B does)
     extra: dict = field(default_factory=dict)
 
 
@@ -109,6 +110,14 @@ PRESETS: dict[str, TinyPreset] = {
     "llava-demo": TinyPreset(
         "llava", image_size=96, patch_size=8, vision_hidden=128, vision_layers=3, vision_heads=2,
         text_hidden=192, text_layers=3, text_heads=3, text_kv_heads=1, text_intermediate=512, vocab_size=800,
+    ),
+    # llava-demo with its own LM head: with tied embeddings the four shape words' input embeddings
+    # collapsed during LM pretraining (the LM could not yet see shapes, so their output scores were
+    # equal and the shared vectors were pulled together), leaving text embeddings shape-blind.
+    "llava-demo-untied": TinyPreset(
+        "llava", image_size=96, patch_size=8, vision_hidden=128, vision_layers=3, vision_heads=2,
+        text_hidden=192, text_layers=3, text_heads=3, text_kv_heads=1, text_intermediate=512, vocab_size=800,
+        tie_embeddings=False,
     ),
     # The previous demo architecture (64 image tokens), kept to reproduce the README's comparison with it.
     "llava-demo-p12": TinyPreset(
@@ -128,7 +137,7 @@ def _configs(p: TinyPreset, vocab_size: int):
     text = Qwen2Config(
         vocab_size=vocab_size, hidden_size=p.text_hidden, intermediate_size=p.text_intermediate,
         num_hidden_layers=p.text_layers, num_attention_heads=p.text_heads, num_key_value_heads=p.text_kv_heads,
-        max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0,
+        max_position_embeddings=2048, tie_word_embeddings=p.tie_embeddings, rope_theta=10000.0,
     )
     return vision, text
 
@@ -158,7 +167,7 @@ def build_tiny(preset: str | TinyPreset = "llava", seed: int = 0):
         config = LlavaConfig(
             vision_config=vision, text_config=text, image_token_id=image_token_id,
             vision_feature_select_strategy="full", vision_feature_layer=-1, image_seq_length=n_patches,
-            projector_hidden_act="gelu", tie_word_embeddings=True,
+            projector_hidden_act="gelu", tie_word_embeddings=p.tie_embeddings,
         )
         model = LlavaForConditionalGeneration(config)
         # SigLIP's processor resizes the whole photo (no centre crop), so objects near the edges stay visible.
@@ -174,7 +183,7 @@ def build_tiny(preset: str | TinyPreset = "llava", seed: int = 0):
         config = LlavaOnevisionConfig(
             vision_config=vision, text_config=text, image_token_id=image_token_id,
             vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=pinpoints,
-            vision_aspect_ratio="anyres_max_9", tie_word_embeddings=True,
+            vision_aspect_ratio="anyres_max_9", tie_word_embeddings=p.tie_embeddings,
         )
         model = LlavaOnevisionForConditionalGeneration(config)
         image_processor = LlavaOnevisionImageProcessor(size={"height": s, "width": s}, image_grid_pinpoints=pinpoints)
