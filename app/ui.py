@@ -223,7 +223,7 @@ class _Handlers:
         return gr.Tabs(selected="chat"), path, f"Asking about **{Path(path).name}**"
 
     # Chat -------------------------------------------------------------------------------------
-    def chat(self, message, upload, picked, history, k, answer_threshold, max_context, margin=None):
+    def chat(self, message, upload, picked, history, k, answer_threshold, max_context, margin=None, rerank_top=None):
         question = (message or "").strip()
         if not question:
             raise gr.Error("type a question")
@@ -232,6 +232,8 @@ class _Handlers:
                                   max_context=int(max_context))
         if margin is not None:
             cfg.context_margin = float(margin)
+        if rerank_top is not None:
+            cfg.rerank_top = int(rerank_top)
         answerer = Answerer(self.s.model, self.s.index, cfg)
         try:
             image = upload or (self.s.indexed_photo(picked) if picked else None)
@@ -376,6 +378,9 @@ def build_ui(service: PhotoService) -> gr.Blocks:
                     margin = gr.Slider(0.0, 0.2, value=service.answer_config.context_margin, step=0.005,
                                        label="Show photos within this score of the best (context margin)",
                                        elem_id="settings-margin")
+                    rerank_top = gr.Slider(0, MAX_K, value=service.answer_config.rerank_top, step=1,
+                                           label="Re-rank this many of the best photos with the model (0: off)",
+                                           elem_id="settings-rerank")
                 stats_json = gr.JSON(value=stats, label="Index statistics", elem_id="settings-stats")
                 stats_btn = gr.Button("Refresh statistics", size="sm")
 
@@ -399,7 +404,7 @@ def build_ui(service: PhotoService) -> gr.Blocks:
         ask_btn.click(h.pick_for_chat, [selected], [tabs, picked, picked_md], api_name="pick_for_chat")
         clear_pick.click(lambda: ("", ""), None, [picked, picked_md], api_visibility="private")
 
-        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context, margin]
+        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context, margin, rerank_top]
         chat_out = [chatbot, cited, answer_json, message, chat_status]
         send_btn.click(h.chat, chat_in, chat_out, api_name="chat")
         message.submit(h.chat, chat_in, chat_out, api_visibility="private")

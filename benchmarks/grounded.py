@@ -10,7 +10,8 @@ through app.answer.Answerer: retrieval with the question's embedding, the contex
 the same model, an answer that cites them. Per question:
 
 - retrieval_top1: the right photo is the top search hit for the question alone (the retrieval link);
-- in_context: the right photo was among the photos shown to the model;
+- in_context: the right photo was among the photos shown to the model (after re-ranking);
+- first_shown: the right photo was shown first ([1]): retrieval and re-ranking together;
 - cited_first: the first source of the answer (cited first) is the right photo;
 - answer_correct: the answer text, citations removed, equals the ground-truth answer;
 - cites_a_photo: the answer cites at least one shown photo as [n];
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-score", type=float, default=defaults.min_score)
     p.add_argument("--max-context", type=int, default=defaults.max_context)
     p.add_argument("--margin", type=float, default=defaults.context_margin, help="context_margin")
+    p.add_argument("--rerank-top", type=int, default=defaults.rerank_top, help="rerank_top (0: no re-ranking)")
+    p.add_argument("--rerank-weight", type=float, default=defaults.rerank_weight, help="rerank_weight")
     p.add_argument("--examples", type=int, default=8, help="wrong answers to include in the report")
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args(argv)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     index_s = time.perf_counter() - t0
 
     config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context,
-                          context_margin=args.margin)
+                          context_margin=args.margin, rerank_top=args.rerank_top, rerank_weight=args.rerank_weight)
     answerer = Answerer(model, index, config)
     totals: Counter = Counter()
     by_type: dict[str, Counter] = defaultdict(Counter)
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "retrieval_top1": bool(top) and Path(top[0].path).stem == right,
             "in_context": right in shown,
+            "first_shown": bool(shown) and shown[0] == right,
             "cited_first": first == right,
             "answer_correct": normalise(result.text) == normalise(q["answer"]),
             "cites_a_photo": bool(result.citations),
@@ -156,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         "fingerprint": model.fingerprint,
         "album": {"photos": report.total, "seed": args.seed, "split": args.split, "skipped": len(report.skipped)},
         "config": {"k": config.k, "min_score": config.min_score, "max_context": config.max_context,
-                   "context_margin": config.context_margin},
+                   "context_margin": config.context_margin, "rerank_top": config.rerank_top,
+                   "rerank_weight": config.rerank_weight},
         "questions": len(questions),
         "grounded_accuracy": round(totals["grounded_correct"] / n, 4),
         "retrieval_top1": round(totals["retrieval_top1"] / n, 4),
         "in_context": round(totals["in_context"] / n, 4),
+        "first_shown_right_photo": round(totals["first_shown"] / n, 4),
         "cited_first_right_photo": round(totals["cited_first"] / n, 4),
         "answer_correct": round(totals["answer_correct"] / n, 4),
         "cites_a_photo": round(totals["cites_a_photo"] / n, 4),

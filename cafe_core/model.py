@@ -167,6 +167,41 @@ class CafeModel:
         prompts_ = [prompts.multimodal_embedding_prompt(t) for t in texts]
         return self._embed_prompts(prompts_, images, batch_size, progress, "embedding image+text")
 
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def reply_logprob(
+        self, question: str, reply: str, images: Sequence[Image.Image], batch_size: int | None = None
+    ) -> list[float]:
+        """log P(reply | question about image i), summed over the reply's tokens, for each image.
+
+        The same text scored against several photos says which photo the model finds it most likely
+        about: the app re-ranks retrieved photos by how well each one explains a question
+        (``reply_logprob(prompts.DESCRIBE_INSTRUCTION, question, photos)``).
+        """
+        if not isinstance(reply, str) or not reply.strip():
+            raise InputError("the reply to score is empty")
+        images = check_images(images)
+        if not images:
+            raise InputError("reply_logprob needs at least one image")
+        prompt = prompts.generation_prompt(question, 1)
+        head = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]
+        if full[: len(head)] != head:  # a token spanning the prompt/reply boundary: cannot split the score
+            raise InputError("the reply merges with the prompt's last token; start it with a word")
+        n_reply = len(full) - len(head)
+        bs = batch_size or self.batch_size
+        out: list[float] = []
+        for i in range(0, len(images), bs):
+            chunk = images[i : i + bs]
+            batch = self.encoder.encode([prompt + reply] * len(chunk), chunk, device=self.device, dtype=self.dtype)
+            logprobs = torch.log_softmax(self.model(**batch).logits.float(), dim=-1)
+            ends = batch["attention_mask"].sum(dim=1)  # right padding: real tokens are [0, end)
+            for row, end in enumerate(ends.tolist()):
+                targets = batch["input_ids"][row, end - n_reply : end]
+                predicted = logprobs[row, end - n_reply - 1 : end - 1]
+                out.append(float(predicted.gather(-1, targets.unsqueeze(-1)).sum()))
+        return out
+
     # ------------------------------------------------------------------ generation
     def _generation_inputs(self, question: str, images: Sequence[Image.Image], history: Sequence = ()):
         if not isinstance(question, str) or not question.strip():

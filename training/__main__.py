@@ -52,7 +52,7 @@ def _pretrain_vision(argv: list[str]) -> int:
 
     args = _config_args(argv, "python -m training pretrain-vision",
                         "Pretrain a from-scratch LVLM's vision tower to tag sample-world objects.",
-                        "YAML file (training/configs/exp-stage0-vision.yaml)")
+                        "YAML file (training/configs/demo-stage0-vision.yaml)")
     try:
         final = pretrain_vision(load_config(args.config, args.overrides, cls=VisionPretrainConfig), resume=args.resume)
     except (ConfigError, CafeError, FileNotFoundError) as e:

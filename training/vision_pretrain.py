@@ -6,10 +6,10 @@ VQA stayed at chance). This stage gives it what a pretrained encoder brings: the
 throw-away linear head on its max-pooled tokens, is trained to tag each sample-world photo with the
 (color, shape) kinds it holds, each kind's position, and the background (multi-label, binary cross
 entropy). The features it trains are the ones the LVLM reads (``vision_feature_layer``), and photos
-go through the model's own image processor, so the next stage starts from exactly this tower. Tried
-for the demo model and not shipped (README, "What we tried").
+go through the model's own image processor, so the next stage starts from exactly this tower. Stage 0
+of the shipped demo model's recipe (README, "The shipped model").
 
-    python -m training pretrain-vision --config training/configs/exp-stage0-vision.yaml [--set key=value] [--resume]
+    python -m training pretrain-vision --config training/configs/demo-stage0-vision.yaml [--set key=value] [--resume]
 
 The output ``out_dir/final`` is the whole LVLM (tower trained, the rest as built) in save_pretrained
 form: the next stage's ``base_model``. A checkpoint every ``save_every`` steps lets ``--resume``

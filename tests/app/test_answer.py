@@ -63,6 +63,18 @@ def test_select_context_threshold_margin_and_cap():
     assert select_context([], cfg) == []
 
 
+def test_select_context_orders_by_relevance_and_never_shows_unranked_hits():
+    hits = [hit(0.62, "a"), hit(0.60, "b"), hit(0.58, "c"), hit(0.20, "d")]
+    cfg = AnswerConfig(min_score=0.3, max_context=3, context_margin=0.05)
+    # Re-ranked: c is the most relevant; b is within the margin of it, a is not; d fails min_score
+    # whatever its relevance, and a None (not re-ranked) hit is never shown.
+    assert [h.id for h in select_context(hits, cfg, [0.50, 0.57, 0.60, 0.99])] == ["c", "b"]
+    assert [h.id for h in select_context(hits, cfg, [None, 0.57, 0.60, 0.99])] == ["c", "b"]
+    assert select_context(hits, cfg, [None, None, None, 0.99]) == []
+    with pytest.raises(ValueError, match="relevance"):
+        select_context(hits, cfg, [0.5])
+
+
 def test_citations_map_to_sources_cited_first():
     sources = [Source(f"/p/{n}.jpg", 0.9 - n / 10, "2020-01-01", n) for n in (1, 2, 3)]
     text = "gray [3], like [1] and [3] again; [7] names no photo"
@@ -84,7 +96,7 @@ def test_grounded_prompt_shows_context_photos_in_order(indexed, tiny_model, monk
     index, root = indexed
     spy = StreamSpy(tiny_model)
     monkeypatch.setattr(tiny_model, "stream", spy)
-    cfg = AnswerConfig(min_score=-1.0, context_margin=1.0, max_context=3)
+    cfg = AnswerConfig(min_score=-1.0, context_margin=1.0, max_context=3, rerank_top=0)  # cosine order
     result = Answerer(tiny_model, index, cfg).answer(QUESTION)
     hits = search(index, text=QUESTION, k=cfg.k)[:3]
     assert [s.path for s in sorted(result.sources, key=lambda s: s.n)] == [h.path for h in hits]
@@ -97,6 +109,26 @@ def test_grounded_prompt_shows_context_photos_in_order(indexed, tiny_model, monk
     for got, want in zip(images, expected):
         assert np.array_equal(np.asarray(got), np.asarray(want))
     assert result.done and result.found
+
+
+def test_rerank_orders_the_context_by_cosine_plus_the_question_likelihood(indexed, tiny_model):
+    index, _ = indexed
+    hits = search(index, text=QUESTION, k=6)
+    logp = tiny_model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, QUESTION, [load_photo(h.path)[0] for h in hits[:4]])
+    assert len(set(np.round(logp, 4))) > 1  # the photos are told apart
+    for weight in (0.02, 1e3):
+        cfg = AnswerConfig(min_score=-1.0, context_margin=1e9, max_context=6, rerank_top=4, rerank_weight=weight)
+        answerer = Answerer(tiny_model, index, cfg)
+        relevance = answerer.relevance(QUESTION, hits)
+        assert relevance[4:] == [None, None]  # only the first rerank_top are candidates
+        expected = [h.score + weight * (lp - max(logp)) for h, lp in zip(hits, logp)]
+        assert relevance[:4] == pytest.approx(expected, abs=1e-4)
+        shown = [s.path for s in sorted(answerer.answer(QUESTION).sources, key=lambda s: s.n)]
+        assert shown == [hits[i].path for i in sorted(range(4), key=lambda i: -expected[i])]
+    # A huge weight ranks by the likelihood alone; re-ranking off keeps the cosine order.
+    assert shown[0] == hits[int(np.argmax(logp))].path
+    off = Answerer(tiny_model, index, AnswerConfig(min_score=-1.0, context_margin=10.0, max_context=6, rerank_top=0))
+    assert [s.path for s in sorted(off.answer(QUESTION).sources, key=lambda s: s.n)] == [h.path for h in hits]
 
 
 def test_stream_grows_and_ends_with_the_final_answer(indexed, tiny_model):

@@ -109,7 +109,7 @@ def test_find_similar_and_image_query(indexed, client, ui_server):
 
 def test_chat_grounded_answer_streams_with_sources(indexed, client, ui_server):
     q = ui_server.ground_truth["album_questions"][0]
-    job = client.submit(q["question"], None, "", [], 10, 0.0, 3, 0.2, api_name="/chat")  # up to 3 photos
+    job = client.submit(q["question"], None, "", [], 10, 0.0, 3, 0.2, 0, api_name="/chat")  # up to 3 photos
     updates = list(job)
     history, cited, answer, message, status = job.result()
     assert len(updates) >= 2  # the answer streams: several updates, not one
@@ -127,7 +127,7 @@ def test_chat_grounded_answer_streams_with_sources(indexed, client, ui_server):
 @needs_shipped_model
 def test_chat_cites_a_photo_with_the_shipped_model(indexed, client, ui_server):
     q = ui_server.ground_truth["album_questions"][0]
-    history, cited, answer, _, _ = client.predict(q["question"], None, "", [], 10, 0.0, 3, 0.0, api_name="/chat")
+    history, cited, answer, _, _ = client.predict(q["question"], None, "", [], 10, 0.0, 3, 0.0, 10, api_name="/chat")
     assert re.search(r"\[\d\]", answer["answer"]), answer
     assert answer["sources"][0]["cited"] and len(cited) >= 1
     assert any(isinstance(part, dict) and part.get("type") in ("file", "component") for m in history for part in m["content"])
@@ -138,7 +138,7 @@ def test_ask_about_a_picked_photo(indexed, client, ui_server):
     target = results[0]["photo"]
     picked, note = client.predict(target, api_name="/pick_for_chat")  # (the tab switch is not an API value)
     assert picked == target and Path(target).name in note
-    _, _, answer, _, status = client.predict("What color is the background?", None, picked, [], 10, 0.0, 3, 0.0, api_name="/chat")
+    _, _, answer, _, status = client.predict("What color is the background?", None, picked, [], 10, 0.0, 3, 0.0, 10, api_name="/chat")
     assert [s["photo"] for s in answer["sources"]] == [target]  # no retrieval: the picked photo only
     assert status == "Answered about one photo."
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cafe_core import CafeModel
+from cafe_core import CafeModel, prompts
 from cafe_core.tiny import build_tiny
 
 from .conftest import ARCHS, noise_image
@@ -154,3 +154,26 @@ def test_closing_a_stream_early_stops_generation(ov_model):
     while time.time() < deadline and {t.ident for t in threading.enumerate()} - before:
         time.sleep(0.05)
     assert not ({t.ident for t in threading.enumerate()} - before), "generation thread still running after close()"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reply_logprob_matches_the_logits_and_is_batch_invariant(cafe_models, mixed_images, arch):
+    model = cafe_models[arch]
+    question, reply = "Describe the photo.", " a red circle on the left"
+    batched = model.reply_logprob(question, reply, mixed_images)  # anyres: rows of different lengths
+    single = [model.reply_logprob(question, reply, [im])[0] for im in mixed_images]
+    assert len(batched) == len(mixed_images) and all(s < 0 for s in single)
+    np.testing.assert_allclose(batched, single, atol=1e-3)
+    # By hand, for one photo: the reply's tokens are the last ones of prompt + reply.
+    prompt = prompts.generation_prompt(question, 1)
+    n = len(model.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]) - \
+        len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    batch = model.encoder.encode([prompt + reply], mixed_images[:1])
+    with torch.no_grad():
+        logits = model.model(**batch).logits[0].float().log_softmax(-1)
+    ids = batch["input_ids"][0]
+    by_hand = sum(float(logits[t - 1, ids[t]]) for t in range(len(ids) - n, len(ids)))
+    assert abs(by_hand - single[0]) < 1e-3
+    assert max(single) - min(single) > 1e-4  # the photo is read
+    with pytest.raises(Exception, match="empty"):
+        model.reply_logprob(question, "  ", mixed_images[:1])
