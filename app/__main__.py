@@ -214,6 +214,8 @@ def add_ask_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"no photo at or above this similarity: no answer (default {defaults.min_score})")
     p.add_argument("--max-context", type=int, default=defaults.max_context,
                    help=f"at most this many photos shown to the model (default {defaults.max_context})")
+    p.add_argument("--rerank-top", type=int, default=defaults.rerank_top,
+                   help=f"re-rank this many of the best photos with the model, 0: off (default {defaults.rerank_top})")
     p.add_argument("--after", metavar="YYYY-MM-DD", help="only photos taken on or after this day")
     p.add_argument("--before", metavar="YYYY-MM-DD", help="only photos taken before this day")
     p.add_argument("--folder", metavar="DIR", help="only photos in this folder or below")
@@ -233,7 +235,7 @@ def cmd_ask(args) -> int:
 
     # One model for everything: questions about a photo need no index, so it is opened on first need.
     model = CafeModel.load(resolve_model(args.model), device=args.device)
-    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context)
+    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context, rerank_top=args.rerank_top)
     answerer = Answerer(model, None, config)
 
     def run(question, image, echo: bool = False):

@@ -249,6 +249,10 @@ def test_cli_ask_plain_text_and_no_match(indexed, tiny_model_dir, capsys):
     assert code == 0 and out.strip() == NO_MATCH_ANSWER
     code, out, _ = run_cli(capsys, "ask", QUESTION, "--db", db, "--model", str(tiny_model_dir), "--min-score", "-1")
     assert code == 0 and len(re.findall(r"^\s+\[\d\] ", out, re.M)) >= 1  # the source list
+    code, out_plain, _ = run_cli(capsys, "ask", QUESTION, "--db", db, "--model", str(tiny_model_dir), "--min-score", "-1",
+                                 "--rerank-top", "0", "--json")
+    top = search(index, text=QUESTION, k=1)[0]
+    assert code == 0 and json.loads(out_plain)["sources"][0]["path"] == top.path  # no re-ranking: cosine order
     code, _, err = run_cli(capsys, "ask", "--db", db, "--model", str(tiny_model_dir))
     assert code == 2 and "QUESTION" in err
 
