@@ -22,6 +22,7 @@ When no photo scores at least `AnswerConfig.min_score`, the answer says so and t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from PIL import Image
 from app.photos import SkipPhoto, load_photo, prepare_image
 from app.search import Filters, Hit, QueryError, search
 from cafe_core import prompts
+
+log = logging.getLogger(__name__)
 
 # What the user sees when retrieval finds nothing good enough to answer from.
 NO_MATCH_ANSWER = "I found no matching photo for that question, so I cannot answer it from your photos."
@@ -246,12 +249,22 @@ class Answerer:
     def relevance(self, question: str, hits: Sequence[Hit]) -> list[float | None]:
         """How relevant each hit is to the question: its cosine, or with re-ranking on (see AnswerConfig),
         for the first rerank_top hits scoring >= min_score, cosine + rerank_weight x log P(question as a
-        description of the photo), relative to the likeliest of them; the other hits get None."""
+        description of the photo), relative to the likeliest of them; the other hits get None, and so does
+        a photo that can no longer be read (moved or damaged since indexing: logged and skipped)."""
         cfg = self.config
         head = [i for i, h in enumerate(hits) if h.score >= cfg.min_score][: cfg.rerank_top]
         if len(head) < 2 or cfg.rerank_weight == 0:
             return [h.score for h in hits]
-        logp = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, question, [self._load(hits[i].path) for i in head])
+        images = {}
+        for i in head:
+            try:
+                images[i] = self._load(hits[i].path)
+            except QueryError as e:
+                log.warning("not re-ranking %s: %s", hits[i].path, e)
+        head = list(images)
+        if not head:
+            return [None] * len(hits)
+        logp = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, question, list(images.values()))
         out: list[float | None] = [None] * len(hits)
         for i, lp in zip(head, logp):
             out[i] = hits[i].score + cfg.rerank_weight * (lp - max(logp))

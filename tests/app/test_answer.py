@@ -131,6 +131,20 @@ def test_rerank_orders_the_context_by_cosine_plus_the_question_likelihood(indexe
     assert [s.path for s in sorted(off.answer(QUESTION).sources, key=lambda s: s.n)] == [h.path for h in hits]
 
 
+def test_rerank_skips_a_photo_deleted_since_indexing(indexed, tiny_model, caplog):
+    index, _ = indexed
+    hits = search(index, text=QUESTION, k=3)
+    Path(hits[0].path).unlink()
+    cfg = AnswerConfig(min_score=-1.0, context_margin=1e9, max_context=3, rerank_top=3)
+    answerer = Answerer(tiny_model, index, cfg)
+    with caplog.at_level("WARNING", logger="app.answer"):
+        relevance = answerer.relevance(QUESTION, hits)
+    assert relevance[0] is None and None not in relevance[1:]
+    assert "not re-ranking" in caplog.text and hits[0].path in caplog.text
+    result = answerer.answer(QUESTION)
+    assert result.found and {s.path for s in result.sources} == {hits[1].path, hits[2].path}
+
+
 def test_stream_grows_and_ends_with_the_final_answer(indexed, tiny_model):
     index, _ = indexed
     answerer = Answerer(tiny_model, index, AnswerConfig(min_score=-1.0))
