@@ -146,7 +146,9 @@ def cited_numbers(text: str) -> list[int]:
     return seen
 
 
-def select_context(hits: Sequence[Hit], config: AnswerConfig, relevance: Sequence[float] | None = None) -> list[Hit]:
+def select_context(
+    hits: Sequence[Hit], config: AnswerConfig, relevance: Sequence[float | None] | None = None
+) -> list[Hit]:
     """The photos to show the model: score >= min_score, within context_margin of the best, at most max_context.
 
     `hits` must be ordered best first (as app.search returns them by relevance). `relevance` (one per
