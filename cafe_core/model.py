@@ -190,16 +190,22 @@ class CafeModel:
             raise InputError("the reply merges with the prompt's last token; start it with a word")
         n_reply = len(full) - len(head)
         bs = batch_size or self.batch_size
+        base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
+        offsets = torch.arange(n_reply, device=self.device)
         out: list[float] = []
         for i in range(0, len(images), bs):
             chunk = images[i : i + bs]
             batch = self.encoder.encode([prompt + reply] * len(chunk), chunk, device=self.device, dtype=self.dtype)
-            logprobs = torch.log_softmax(self.model(**batch).logits.float(), dim=-1)
-            ends = batch["attention_mask"].sum(dim=1)  # right padding: real tokens are [0, end)
-            for row, end in enumerate(ends.tolist()):
-                targets = batch["input_ids"][row, end - n_reply : end]
-                predicted = logprobs[row, end - n_reply - 1 : end - 1]
-                out.append(float(predicted.gather(-1, targets.unsqueeze(-1)).sum()))
+            hidden = base(**batch).last_hidden_state  # post-norm: what lm_head reads
+            ends = batch["attention_mask"].sum(dim=1, keepdim=True)  # right padding: real tokens are [0, end)
+            targets_at = ends - n_reply + offsets  # (B, n_reply) positions of the reply's tokens
+            rows = torch.arange(len(chunk), device=self.device).unsqueeze(1)
+            # Only the positions that predict the reply go through lm_head: full-sequence logits of a real
+            # checkpoint (152k vocabulary, thousands of image tokens) would not fit in memory.
+            logits = lm_head(hidden[rows, targets_at - 1]).float()
+            targets = batch["input_ids"][rows, targets_at]
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            out.extend(picked.sum(dim=1).tolist())
         return out
 
     # ------------------------------------------------------------------ generation
