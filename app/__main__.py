@@ -216,6 +216,8 @@ def add_ask_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"at most this many photos shown to the model (default {defaults.max_context})")
     p.add_argument("--rerank-top", type=int, default=defaults.rerank_top,
                    help=f"re-rank this many of the best photos with the model, 0: off (default {defaults.rerank_top})")
+    p.add_argument("--no-decompose", action="store_true",
+                   help='retrieve by the whole question\'s embedding, not by each thing "the photo with ..." names')
     p.add_argument("--after", metavar="YYYY-MM-DD", help="only photos taken on or after this day")
     p.add_argument("--before", metavar="YYYY-MM-DD", help="only photos taken before this day")
     p.add_argument("--folder", metavar="DIR", help="only photos in this folder or below")
@@ -235,7 +237,8 @@ def cmd_ask(args) -> int:
 
     # One model for everything: questions about a photo need no index, so it is opened on first need.
     model = CafeModel.load(resolve_model(args.model), device=args.device)
-    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context, rerank_top=args.rerank_top)
+    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context, rerank_top=args.rerank_top,
+                          decompose=not args.no_decompose)
     answerer = Answerer(model, None, config)
 
     def run(question, image, echo: bool = False):

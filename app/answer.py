@@ -31,7 +31,8 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from app.photos import SkipPhoto, load_photo, prepare_image
-from app.search import Filters, Hit, QueryError, search
+from app.query import referring_parts
+from app.search import Filters, Hit, QueryError, search, search_all_of
 from cafe_core import prompts
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,12 @@ class AnswerConfig:
     """
 
     k: int = 10
-    min_score: float = 0.49
+    min_score: float = 0.41
     max_context: int = 3
     context_margin: float = 0.0
     rerank_top: int = 5
-    rerank_weight: float = 0.013
+    rerank_weight: float = 0.03
+    decompose: bool = True
     max_new_tokens: int = 48
     max_side: int = 512
     max_pixels: int = 150_000_000
@@ -217,10 +219,19 @@ class Answerer:
             yield from self._stream_grounded(question, k, filters)
 
     def retrieve(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
-        """The photos the question retrieves (best first), before the context is chosen."""
+        """The photos the question retrieves (best first), before the context is chosen.
+
+        With `decompose` on, a question that names its photo by what it shows ("... in the photo with
+        the red car and the dog?", see app.query) retrieves photos that show each of those things
+        (app.search.search_all_of); any other question is retrieved by its own embedding.
+        """
         if self.index is None:
             raise QueryError("no photo index is open: index photos first, or ask about one photo")
-        return search(self.index, text=question, k=k or self.config.k, filters=filters)
+        k = k or self.config.k
+        parts = referring_parts(question) if self.config.decompose else []
+        if parts:
+            return search_all_of(self.index, parts, k=k, filters=filters)
+        return search(self.index, text=question, k=k, filters=filters)
 
     # ----------------------------------------------------------------------------------- private
 
@@ -266,7 +277,9 @@ class Answerer:
         head = list(images)
         if not head:
             return [None] * len(hits)
-        logp = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, question, list(images.values()))
+        parts = referring_parts(question) if cfg.decompose else []
+        description = prompts.describe_parts(parts) if parts else question
+        logp = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, description, list(images.values()))
         out: list[float | None] = [None] * len(hits)
         for i, lp in zip(head, logp):
             out[i] = hits[i].score + cfg.rerank_weight * (lp - max(logp))

@@ -223,6 +223,37 @@ def search(
     return search_vector(index, query_vector(index, text, image), k=k, min_score=min_score, filters=filters, sort=sort)
 
 
+def search_all_of(
+    index, parts: Sequence[str], *, k: int = SearchConfig.k, min_score: float | None = None,
+    filters: Filters | None = None,
+) -> list[Hit]:
+    """Photos that show every one of several things ("a red car", "a dog"): a conjunctive text query.
+
+    Each part is embedded on its own; a photo's score is the mean of its cosine similarities to the
+    parts, so a photo must match all of them to rank high (one embedding of "a red car and a dog"
+    pools both into a single vector). Candidates are the union of each part's nearest
+    max(OVERFETCH * k, MIN_OVERFETCH) photos that pass `filters`, scored with their stored vectors.
+    """
+    parts = [p.strip() for p in parts if isinstance(p, str) and p.strip()]
+    if not parts:
+        raise QueryError("give at least one thing to look for")
+    if k < 1:
+        raise QueryError("k must be at least 1")
+    part_vectors = np.asarray(index.model.embed_texts(parts), dtype=np.float32)
+    pool = max(k * OVERFETCH, MIN_OVERFETCH)
+    candidates: dict[str, dict] = {}
+    for vector in part_vectors:
+        for hit in search_vector(index, vector, k=pool, filters=filters):
+            candidates.setdefault(hit.id, hit.metadata)
+    stored = index.store.vectors(list(candidates))
+    ids = [i for i in candidates if i in stored]  # a photo deleted meanwhile drops out
+    if not ids:
+        return []
+    scores = (np.stack([stored[i] for i in ids]) @ part_vectors.T).mean(axis=1)
+    hits = [_hit(ids[n], float(scores[n]), candidates[ids[n]]) for n in np.argsort(-scores, kind="stable")[:k]]
+    return [h for h in hits if min_score is None or h.score >= min_score]
+
+
 # --------------------------------------------------------------------------------------------- duplicates
 
 

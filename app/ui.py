@@ -223,7 +223,8 @@ class _Handlers:
         return gr.Tabs(selected="chat"), path, f"Asking about **{Path(path).name}**"
 
     # Chat -------------------------------------------------------------------------------------
-    def chat(self, message, upload, picked, history, k, answer_threshold, max_context, margin=None, rerank_top=None):
+    def chat(self, message, upload, picked, history, k, answer_threshold, max_context, margin=None, rerank_top=None,
+             decompose=None):
         question = (message or "").strip()
         if not question:
             raise gr.Error("type a question")
@@ -234,6 +235,8 @@ class _Handlers:
             cfg.context_margin = float(margin)
         if rerank_top is not None:
             cfg.rerank_top = int(rerank_top)
+        if decompose is not None:
+            cfg.decompose = bool(decompose)
         answerer = Answerer(self.s.model, self.s.index, cfg)
         try:
             image = upload or (self.s.indexed_photo(picked) if picked else None)
@@ -381,6 +384,8 @@ def build_ui(service: PhotoService) -> gr.Blocks:
                     rerank_top = gr.Slider(0, MAX_K, value=service.answer_config.rerank_top, step=1,
                                            label="Re-rank this many of the best photos with the model (0: off)",
                                            elem_id="settings-rerank")
+                    decompose = gr.Checkbox(value=service.answer_config.decompose, elem_id="settings-decompose",
+                                            label='Look for each thing "the photo with ..." names')
                 stats_json = gr.JSON(value=stats, label="Index statistics", elem_id="settings-stats")
                 stats_btn = gr.Button("Refresh statistics", size="sm")
 
@@ -404,7 +409,7 @@ def build_ui(service: PhotoService) -> gr.Blocks:
         ask_btn.click(h.pick_for_chat, [selected], [tabs, picked, picked_md], api_name="pick_for_chat")
         clear_pick.click(lambda: ("", ""), None, [picked, picked_md], api_visibility="private")
 
-        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context, margin, rerank_top]
+        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context, margin, rerank_top, decompose]
         chat_out = [chatbot, cited, answer_json, message, chat_status]
         send_btn.click(h.chat, chat_in, chat_out, api_name="chat")
         message.submit(h.chat, chat_in, chat_out, api_visibility="private")

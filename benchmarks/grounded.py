@@ -9,7 +9,9 @@ naming exactly one photo by its content) is indexed with the model, then every a
 through app.answer.Answerer: retrieval with the question's embedding, the context photos shown to
 the same model, an answer that cites them. Per question:
 
-- retrieval_top1: the right photo is the top search hit for the question alone (the retrieval link);
+- retrieval_top1: the right photo is the answerer's top retrieved photo, before re-ranking (the
+  retrieval link: with decomposition on, the photo that best shows each thing the question names);
+- question_embedding_top1: the right photo is the top search hit for the question's own embedding;
 - in_context: the right photo was among the photos shown to the model (after re-ranking);
 - first_shown: the right photo was shown first ([1]): retrieval and re-ranking together;
 - cited_first: the first source of the answer (cited first) is the right photo;
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=defaults.context_margin, help="context_margin")
     p.add_argument("--rerank-top", type=int, default=defaults.rerank_top, help="rerank_top (0: no re-ranking)")
     p.add_argument("--rerank-weight", type=float, default=defaults.rerank_weight, help="rerank_weight")
+    p.add_argument("--no-decompose", action="store_true", help="retrieve by the question's embedding alone")
     p.add_argument("--examples", type=int, default=8, help="wrong answers to include in the report")
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args(argv)
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     index_s = time.perf_counter() - t0
 
     config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context,
-                          context_margin=args.margin, rerank_top=args.rerank_top, rerank_weight=args.rerank_weight)
+                          context_margin=args.margin, rerank_top=args.rerank_top, rerank_weight=args.rerank_weight,
+                          decompose=not args.no_decompose)
     answerer = Answerer(model, index, config)
     totals: Counter = Counter()
     by_type: dict[str, Counter] = defaultdict(Counter)
@@ -117,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for q in questions:
         right = q["photo_ids"][0]
-        top = search(index, text=q["question"], k=1)
+        top = answerer.retrieve(q["question"], k=1)
         top_scores.extend(h.score for h in top)
+        plain = search(index, text=q["question"], k=1)
         result = answerer.answer(q["question"])
         shown = [Path(s.path).stem for s in sorted(result.sources, key=lambda s: s.n or 0)]
         first = Path(result.sources[0].path).stem if result.sources and result.sources[0].cited else None
         row = {
             "retrieval_top1": bool(top) and Path(top[0].path).stem == right,
+            "question_embedding_top1": bool(plain) and Path(plain[0].path).stem == right,
             "in_context": right in shown,
             "first_shown": bool(shown) and shown[0] == right,
             "cited_first": first == right,
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "top1": Path(top[0].path).stem if top else None,
                                  "scores": [round(s.score, 4) for s in result.sources if s.score is not None]})
     answer_s = time.perf_counter() - t0
-    off_scores = [search(index, text=q, k=1)[0].score for q in OFF_TOPIC]
+    off_scores = [answerer.retrieve(q, k=1)[0].score for q in OFF_TOPIC]
     off_refused = sum(not answerer.answer(q).found for q in OFF_TOPIC)
 
     n = max(1, len(questions))
@@ -161,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         "album": {"photos": report.total, "seed": args.seed, "split": args.split, "skipped": len(report.skipped)},
         "config": {"k": config.k, "min_score": config.min_score, "max_context": config.max_context,
                    "context_margin": config.context_margin, "rerank_top": config.rerank_top,
-                   "rerank_weight": config.rerank_weight},
+                   "rerank_weight": config.rerank_weight, "decompose": config.decompose},
         "questions": len(questions),
         "grounded_accuracy": round(totals["grounded_correct"] / n, 4),
         "retrieval_top1": round(totals["retrieval_top1"] / n, 4),
+        "question_embedding_top1": round(totals["question_embedding_top1"] / n, 4),
         "in_context": round(totals["in_context"] / n, 4),
         "first_shown_right_photo": round(totals["first_shown"] / n, 4),
         "cited_first_right_photo": round(totals["cited_first"] / n, 4),

@@ -131,4 +131,18 @@ def cite(answer: str, n: int) -> str:
     return f"{answer} [{n}]"
 
 
+# Re-ranking retrieved photos (app.answer): what a question says its photo shows, as the caption whose
+# likelihood the generator scores against each photo ("a photo of a red car and a dog").
+PARTS_DESCRIPTION = "a photo of {parts}"
+
+
+def describe_parts(parts: Sequence[str]) -> str:
+    """``PARTS_DESCRIPTION`` of the things ``parts`` names: "a, b and c"."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("describe_parts needs at least one part")
+    joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return PARTS_DESCRIPTION.format(parts=joined)
+
+
 ASSISTANT_HEADER = f"{IM_START}assistant\n"  # tokens before each assistant answer (masked in the LM loss)

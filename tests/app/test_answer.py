@@ -15,7 +15,7 @@ from app.answer import (
     NO_MATCH_ANSWER, Answer, AnswerConfig, Answerer, Source, cited_numbers, order_sources, select_context,
 )
 from app.photos import load_photo
-from app.search import Hit, QueryError, indexed_hit, search
+from app.search import Hit, QueryError, indexed_hit, search, search_all_of
 from cafe_core import CafeModel, prompts
 from tests.app.conftest import open_index
 from tests.app.ui_server import needs_shipped_model
@@ -97,8 +97,9 @@ def test_grounded_prompt_shows_context_photos_in_order(indexed, tiny_model, monk
     spy = StreamSpy(tiny_model)
     monkeypatch.setattr(tiny_model, "stream", spy)
     cfg = AnswerConfig(min_score=-1.0, context_margin=1.0, max_context=3, rerank_top=0)  # cosine order
-    result = Answerer(tiny_model, index, cfg).answer(QUESTION)
-    hits = search(index, text=QUESTION, k=cfg.k)[:3]
+    answerer = Answerer(tiny_model, index, cfg)
+    result = answerer.answer(QUESTION)
+    hits = answerer.retrieve(QUESTION)[:3]
     assert [s.path for s in sorted(result.sources, key=lambda s: s.n)] == [h.path for h in hits]
     assert [s.score for s in sorted(result.sources, key=lambda s: s.n)] == pytest.approx([h.score for h in hits])
     (content, images), = spy.calls
@@ -111,13 +112,30 @@ def test_grounded_prompt_shows_context_photos_in_order(indexed, tiny_model, monk
     assert result.done and result.found
 
 
-def test_rerank_orders_the_context_by_cosine_plus_the_question_likelihood(indexed, tiny_model):
+def test_retrieval_decomposes_a_question_that_names_its_photo(indexed, tiny_model):
     index, _ = indexed
-    hits = search(index, text=QUESTION, k=6)
-    logp = tiny_model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, QUESTION, [load_photo(h.path)[0] for h in hits[:4]])
+    answerer = Answerer(tiny_model, index, AnswerConfig(k=5))
+    two = "How many objects are in the photo with the red circle and the small blue square?"
+    assert [h.path for h in answerer.retrieve(two)] == \
+        [h.path for h in search_all_of(index, ["a red circle", "a small blue square"], k=5)]
+    plain = Answerer(tiny_model, index, AnswerConfig(k=5, decompose=False))
+    assert [h.path for h in plain.retrieve(two)] == [h.path for h in search(index, text=two, k=5)]
+    assert [h.path for h in plain.retrieve(two)] != [h.path for h in answerer.retrieve(two)]
+    other = "What breed is the dog on the beach?"  # names no photo: its own embedding
+    assert [h.path for h in answerer.retrieve(other)] == [h.path for h in search(index, text=other, k=5)]
+
+
+@pytest.mark.parametrize("decompose", [True, False])
+def test_rerank_orders_the_context_by_cosine_plus_the_description_likelihood(indexed, tiny_model, decompose):
+    """Re-ranking scores "a photo of <the parts>" when the question names its photo, else the question."""
+    index, _ = indexed
+    hits = Answerer(tiny_model, index, AnswerConfig(k=6, decompose=decompose)).retrieve(QUESTION)
+    description = prompts.describe_parts(["a red circle"]) if decompose else QUESTION
+    logp = tiny_model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, description, [load_photo(h.path)[0] for h in hits[:4]])
     assert len(set(np.round(logp, 4))) > 1  # the photos are told apart
     for weight in (0.02, 1e3):
-        cfg = AnswerConfig(min_score=-1.0, context_margin=1e9, max_context=6, rerank_top=4, rerank_weight=weight)
+        cfg = AnswerConfig(min_score=-1.0, context_margin=1e9, max_context=6, rerank_top=4, rerank_weight=weight,
+                           decompose=decompose)
         answerer = Answerer(tiny_model, index, cfg)
         relevance = answerer.relevance(QUESTION, hits)
         assert relevance[4:] == [None, None]  # only the first rerank_top are candidates
@@ -127,13 +145,14 @@ def test_rerank_orders_the_context_by_cosine_plus_the_question_likelihood(indexe
         assert shown == [hits[i].path for i in sorted(range(4), key=lambda i: -expected[i])]
     # A huge weight ranks by the likelihood alone; re-ranking off keeps the cosine order.
     assert shown[0] == hits[int(np.argmax(logp))].path
-    off = Answerer(tiny_model, index, AnswerConfig(min_score=-1.0, context_margin=10.0, max_context=6, rerank_top=0))
+    off = Answerer(tiny_model, index, AnswerConfig(min_score=-1.0, context_margin=10.0, max_context=6, rerank_top=0,
+                                                   k=6, decompose=decompose))
     assert [s.path for s in sorted(off.answer(QUESTION).sources, key=lambda s: s.n)] == [h.path for h in hits]
 
 
 def test_rerank_skips_a_photo_deleted_since_indexing(indexed, tiny_model, caplog):
     index, _ = indexed
-    hits = search(index, text=QUESTION, k=3)
+    hits = Answerer(tiny_model, index).retrieve(QUESTION, k=3)
     Path(hits[0].path).unlink()
     cfg = AnswerConfig(min_score=-1.0, context_margin=1e9, max_context=3, rerank_top=3)
     answerer = Answerer(tiny_model, index, cfg)
@@ -265,8 +284,11 @@ def test_cli_ask_plain_text_and_no_match(indexed, tiny_model_dir, capsys):
     assert code == 0 and len(re.findall(r"^\s+\[\d\] ", out, re.M)) >= 1  # the source list
     code, out_plain, _ = run_cli(capsys, "ask", QUESTION, "--db", db, "--model", str(tiny_model_dir), "--min-score", "-1",
                                  "--rerank-top", "0", "--json")
-    top = search(index, text=QUESTION, k=1)[0]
+    top = search_all_of(index, ["a red circle"], k=1)[0]  # "the photo with the red circle"
     assert code == 0 and json.loads(out_plain)["sources"][0]["path"] == top.path  # no re-ranking: cosine order
+    code, out_whole, _ = run_cli(capsys, "ask", QUESTION, "--db", db, "--model", str(tiny_model_dir), "--min-score", "-1",
+                                 "--rerank-top", "0", "--no-decompose", "--json")
+    assert code == 0 and json.loads(out_whole)["sources"][0]["path"] == search(index, text=QUESTION, k=1)[0].path
     code, _, err = run_cli(capsys, "ask", "--db", db, "--model", str(tiny_model_dir))
     assert code == 2 and "QUESTION" in err
 

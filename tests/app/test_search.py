@@ -11,7 +11,9 @@ from PIL import Image, ImageOps
 
 from app import search as search_mod
 from app.photos import load_photo
-from app.search import Filters, QueryError, find_duplicates, indexed_hit, query_vector, search, search_vector
+from app.search import (
+    Filters, QueryError, find_duplicates, indexed_hit, query_vector, search, search_all_of, search_vector,
+)
 from app.store import photo_id
 from data.world import render_photo, sample_photo_specs
 from tests.app.conftest import SHORT_SIDE, open_index
@@ -152,6 +154,44 @@ def test_filtered_search_is_exact_when_chroma_filters(indexed, tiny_model, monke
     hits = search_vector(index, q, k=2, filters=Filters(folder=folder))
     paths, scores = brute_force(index, q, 2, keep=lambda m: folder in m["folders"])
     assert [h.path for h in hits] == paths and [h.score for h in hits] == pytest.approx(scores, abs=1e-5)
+
+
+PARTS = ["a red circle", "a small blue square", "a green star"]
+
+
+def test_search_all_of_scores_each_photo_by_the_mean_cosine_of_the_parts(indexed, tiny_model):
+    """Brute force over every stored vector gives the same top k and scores (the candidate pool covers
+    this album), and the order differs from one embedding of the joined description."""
+    index, _, _ = indexed
+    hits = search_all_of(index, PARTS, k=6)
+    ids, metas, vecs = all_records(index)
+    mean = (vecs @ tiny_model.embed_texts(PARTS).T).mean(axis=1)
+    order = np.argsort(-mean)[:6]
+    assert [h.path for h in hits] == [metas[i]["path"] for i in order]
+    assert [h.score for h in hits] == pytest.approx([float(mean[i]) for i in order], abs=1e-5)
+    joined = search(index, text="a red circle, a small blue square and a green star", k=6)
+    assert [h.path for h in joined] != [h.path for h in hits]
+    # One part is a plain text search; min_score drops what scores below it.
+    assert [h.path for h in search_all_of(index, PARTS[:1], k=5)] == [h.path for h in search(index, text=PARTS[0], k=5)]
+    cut = hits[2].score
+    assert [h.path for h in search_all_of(index, PARTS, k=6, min_score=cut)] == [h.path for h in hits[:3]]
+
+
+def test_search_all_of_filters_and_errors(indexed, monkeypatch):
+    index, root, info = indexed
+    folder = str(root / "camera")
+    hits = search_all_of(index, PARTS, k=10, filters=Filters(folder=folder))
+    assert {h.path for h in hits} == {str(p) for p in info["cameras"]}
+    # A pool of one photo per part still returns only photos that pass the filter.
+    monkeypatch.setattr(search_mod, "OVERFETCH", 1)
+    monkeypatch.setattr(search_mod, "MIN_OVERFETCH", 1)
+    few = search_all_of(index, PARTS, k=1, filters=Filters(folder=folder))
+    assert len(few) == 1 and few[0].path in {str(p) for p in info["cameras"]}
+    for bad in ([], ["  "], [None]):
+        with pytest.raises(QueryError, match="at least one thing"):
+            search_all_of(index, bad)
+    with pytest.raises(QueryError, match="k must be"):
+        search_all_of(index, PARTS, k=0)
 
 
 def test_sort_by_date_after_threshold(indexed):

@@ -124,6 +124,24 @@ def test_chat_grounded_answer_streams_with_sources(indexed, client, ui_server):
     assert len(cited) == len(cited_sources)
 
 
+def test_chat_decompose_setting_chooses_how_the_question_retrieves(indexed, client, ui_server):
+    """Settings' checkbox: off, a question retrieves by its own embedding (the Search tab's top photo for
+    it); on, by each thing "the photo with ..." names, which changes the photo shown first."""
+    def top(text):
+        _, results, *_ = client.predict(text, None, *NO_FILTERS, 1, api_name="/search")
+        return results[0]["photo"]
+
+    def shown_first(question, decompose):
+        *_, answer, _, _ = client.predict(question, None, "", [], 10, 0.0, 1, 0.0, 0, decompose, api_name="/chat")
+        return answer["sources"][0]["photo"]
+
+    questions = ui_server.ground_truth["album_questions"][:12]
+    off = [shown_first(q["question"], False) for q in questions]
+    on = [shown_first(q["question"], True) for q in questions]
+    assert off == [top(q["question"]) for q in questions]
+    assert on != off
+
+
 @needs_shipped_model
 def test_chat_cites_a_photo_with_the_shipped_model(indexed, client, ui_server):
     q = ui_server.ground_truth["album_questions"][0]
