@@ -48,13 +48,13 @@ class AnswerConfig:
     """How grounded answers pick their evidence and generate.
 
     k: photos retrieved for a question (the candidates the context is chosen from).
-    min_score: cosine similarity a photo needs to count as matching the question; below it for every
-        photo, the answer is NO_MATCH_ANSWER. Calibrated on the shipped model with
-        benchmarks/grounded.py on a 300-photo album (seed 300): just below the lowest best score of any
-        album question (0.492). On this model the cosine does not tell off-topic questions apart: "What
-        breed is the dog on the beach?" scores 0.51, "Who is standing next to the Eiffel Tower?" 0.70,
-        so they are answered from the closest photo (an earlier demo model separated them, 0.643 vs
-        >= 0.728). Scores are model-specific: recalibrate for other models.
+    min_score: score a photo needs to count as matching the question (the mean cosine over the things it
+        names with decomposition, else the question's cosine); below it for every photo, the answer is
+        NO_MATCH_ANSWER. Calibrated on the shipped model with benchmarks/grounded.py on a 300-photo album
+        (seed 300): just below the lowest best score of any album question (0.394). On this model
+        the score does not tell off-topic questions apart (on the seed-200 album they score up to 0.86,
+        album questions' best scores have median 0.56), so they are answered from the closest photo (an
+        earlier demo model separated them, 0.643 vs >= 0.728). Scores are model-specific: recalibrate.
     max_context: at most this many photos are shown to the model.
     context_margin: only photos within this cosine distance of the best score are shown. A tiny model
         answers best when the evidence is unambiguous: near-ties are shown, clear runners-up are not.
@@ -65,23 +65,28 @@ class AnswerConfig:
         wider margin (e.g. 0.05).
     rerank_top: the best this many retrieved photos (those scoring >= min_score) are re-ranked by the
         same model before the context is chosen from them; 0 or 1 turns re-ranking off (context from
-        cosine order). Re-ranking asks the generator how likely the question is as a description of
-        each photo (CafeModel.reply_logprob with the describe instruction): the embedding ranks by one
-        pooled vector, the generator reads every image token against every word.
-    rerank_weight: cosine added per nat of that log-likelihood (relevance = cosine + weight x log P).
-        Calibrated on the shipped model (300 photos, seed 300, top-1 photo of 168 album questions):
-        cosine alone 0.268; re-ranking the top 5 with weight 0.013 0.304 (0.02: 0.280, 0.01: 0.286);
-        the top 10 or 20 0.286, 0.280; the log-likelihood alone (no cosine) 0.238.
+        retrieval order). Re-ranking asks the generator how likely "a photo of <the things the question
+        names>" (or the question itself, when it names none) is as a description of each photo
+        (CafeModel.reply_logprob with the describe instruction): the embedding ranks by one pooled
+        vector, the generator reads every image token against every word.
+    rerank_weight: score added per nat of that log-likelihood (relevance = score + weight x log P).
+        Calibrated on the shipped model (300 photos, seed 300, top-1 photo of 168 album questions, with
+        decomposition): retrieval alone 0.500; re-ranking the top 5 with weight 0.013 0.554 (0.01: 0.548,
+        0.02: 0.536, 0.05: 0.554).
+    decompose: retrieve a question that names its photo by what it shows ("... in the photo with the
+        red car and the dog?") by each of those things (app.query.referring_parts,
+        app.search.search_all_of) instead of by one embedding of the whole question.
+        Shipped model, seed-300 album: top-1 0.339 by the whole question, 0.500 by its parts (top 5 0.863).
     max_new_tokens: length limit of the generated answer.
     max_side: longest side of each photo handed to the model (its processor resizes further).
     """
 
     k: int = 10
-    min_score: float = 0.41
+    min_score: float = 0.39
     max_context: int = 3
     context_margin: float = 0.0
     rerank_top: int = 5
-    rerank_weight: float = 0.03
+    rerank_weight: float = 0.013
     decompose: bool = True
     max_new_tokens: int = 48
     max_side: int = 512

@@ -344,6 +344,22 @@ def test_shipped_model_reads_the_right_photo_through_the_grounded_prompt(shipped
 
 
 @needs_shipped_model
+def test_shipped_model_finds_the_named_photo_better_by_its_parts(shipped_album):
+    """Album questions name one photo by two or three of its objects: retrieving by each named object
+    (decomposition) puts that photo first far more often than one embedding of the whole question."""
+    answerer, gt, photos = shipped_album
+    questions = gt["album_questions"]
+    whole = Answerer(answerer.model, answerer.index, AnswerConfig(decompose=False))
+
+    def top1(a):
+        return sum(Path(a.retrieve(q["question"], k=1)[0].path).stem == q["photo_ids"][0] for q in questions)
+
+    by_parts, by_whole = top1(answerer), top1(whole)
+    assert len(questions) >= 30 and by_parts >= 0.6 * len(questions) and by_parts >= by_whole + 0.1 * len(questions), \
+        (by_parts, by_whole, len(questions))
+
+
+@needs_shipped_model
 def test_shipped_model_streams_in_pieces(shipped_album):
     answerer, gt, _ = shipped_album
     texts = [u.text for u in answerer.stream(gt["album_questions"][0]["question"])]
