@@ -15,14 +15,13 @@ import hashlib
 import io
 import os
 import stat
-import threading
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from data.images import register_openers, to_model_image
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
@@ -101,25 +100,6 @@ class PhotoMeta:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-_setup_lock = threading.Lock()
-_setup_done = False
-
-
-def _setup_pil() -> None:
-    """Register the HEIF opener and silence PIL's bomb warning once (we enforce our own cap)."""
-    global _setup_done
-    if _setup_done:
-        return
-    with _setup_lock:
-        if _setup_done:
-            return
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        _setup_done = True
 
 
 # --------------------------------------------------------------------------------------------- walk
@@ -246,7 +226,7 @@ def read_photo(path: str | os.PathLike, root: str | None = None, max_pixels: int
     Raises SkipPhoto for empty, unreadable, non-image, oversized and (when detectable from the
     header) corrupt files.
     """
-    _setup_pil()
+    register_openers()
     path = os.path.abspath(os.fspath(path))
     try:
         path.encode("utf-8")
@@ -315,24 +295,15 @@ def read_photo(path: str | os.PathLike, root: str | None = None, max_pixels: int
 
 
 def decode_photo(raw: RawPhoto, max_side: int = 512) -> Image.Image:
-    """Decode a RawPhoto into an upright RGB image whose longest side is at most `max_side`.
+    """Decode a RawPhoto into an upright RGB image whose longest side is at most `max_side`
+    (data.images.to_model_image: the same pixels the model was trained on).
 
     Raises SkipPhoto (truncated / corrupt) when the pixel data cannot be decoded.
     """
-    image = raw.image
     try:
-        if image.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: much faster for camera-size photos.
-            image.draft("RGB", (max_side, max_side))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
-        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    except SkipPhoto:
-        raise
+        return to_model_image(raw.image, max_side)
     except Exception as e:
         raise _classify(raw.data, e) from None
-    return image
 
 
 def load_photo(
@@ -348,36 +319,7 @@ def load_photo(
 
 def prepare_image(image: Image.Image, max_side: int = 512) -> Image.Image:
     """Make an in-memory image (e.g. an upload) ready for the model, exactly as indexing does."""
-    image.load()
-    image = ImageOps.exif_transpose(image)
-    image = to_rgb(image)
-    image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    return image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: alpha composited on white, 16-bit and float rescaled."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        if mode == "F":
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-            arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-        elif mode.startswith("I;16") or arr.max() > 255:
-            arr = arr / 257.0  # 16-bit (0..65535) to 8-bit
-        gray = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    # CMYK, YCbCr, LAB, HSV, L, 1, P without transparency: PIL knows the conversion.
-    return image.convert("RGB")
+    return to_model_image(image, max_side)
 
 
 def _undecodable(data: bytes, detail: str) -> SkipPhoto:

@@ -49,7 +49,7 @@ def text_side(model) -> dict:
 
 
 def image_side(model, folder: Path, max_side: int) -> dict:
-    from data.dataset import load_image
+    from data.images import load_image
 
     photos = [p for p in json.loads((folder / "ground_truth.json").read_text())["photos"] if len(p["objects"]) == 1]
     kinds = [(p["objects"][0]["color"], p["objects"][0]["shape"]) for p in photos]

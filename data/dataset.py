@@ -22,18 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data.errors import DataFormatError
 from data.formats import Record, Turn, read_records
-
-try:  # HEIC/HEIF photos from phones; optional at import so the data package works without it.
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
-    pass
+from data.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +42,6 @@ class CafeSample:
     image: Image.Image | None  # upright RGB, or None for text-only records
     conversation: list[Turn]  # for the LM loss; no <image> placeholder in the text
     caption: str | None  # text side of the contrastive pair
-
-
-def load_image(path: str | Path, max_side: int | None = None) -> Image.Image:
-    """Open an image fully, upright (EXIF orientation applied) and RGB. Raises on missing/corrupt files.
-
-    max_side: when set, large JPEGs are decoded at reduced scale (draft mode) and shrunk so the
-    longer side is at most max_side, which keeps the decode of 12 MP phone photos cheap.
-    """
-    with Image.open(path) as im:
-        if max_side is not None:
-            im.draft("RGB", (max_side, max_side))
-        im = ImageOps.exif_transpose(im)  # also forces the full decode, so truncation raises here
-        im = im.convert("RGB")
-    if max_side is not None and max(im.size) > max_side:
-        im.thumbnail((max_side, max_side))
-    return im
 
 
 def collate_samples(batch: list[CafeSample]) -> list[CafeSample]:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from app import photos
 from app.photos import SkipPhoto, folder_chain, load_photo, walk_photos
+from data.images import register_openers
 
 
 def solid(color=(200, 40, 40), size=(60, 40), mode="RGB") -> Image.Image:
@@ -96,7 +97,7 @@ def test_walk_several_roots_and_missing_root(tmp_path):
 @pytest.mark.parametrize("suffix,fmt", [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"), ("bmp", "BMP"),
                                         ("tif", "TIFF"), ("heic", None)])
 def test_formats_decode_to_rgb(tmp_path, suffix, fmt):
-    photos._setup_pil()  # HEIF writer
+    register_openers()  # HEIF writer
     path = write(tmp_path / f"p.{suffix}", solid((200, 40, 40), (64, 48)), fmt)
     image, meta = load_photo(path)
     assert image.mode == "RGB" and image.size == (64, 48)
