@@ -1,7 +1,8 @@
 """CLI of the data package.
 
-    python -m data synth OUT_DIR --n N --seed S [--split train|val|test|compositional] [--short-side PX]
-    python -m data contact-sheet OUT.png [--n 12] [--seed 7] [--split train]
+    python -m data synth OUT_DIR --n N --seed S [--split train|val|test|compositional] [--style plain|varied|mixed]
+                         [--short-side PX]
+    python -m data contact-sheet OUT.png [--n 12] [--seed 7] [--split train] [--style plain|varied|mixed]
     python -m data inspect PATH          # read any supported dataset and report what is usable
 """
 
@@ -14,17 +15,18 @@ import time
 
 from data.errors import DataFormatError
 from data.vocab import SPLITS
-from data.world import DEFAULT_SHORT_SIDE
+from data.world import DEFAULT_SHORT_SIDE, STYLES
 
 
 def _synth(args: argparse.Namespace) -> None:
     from data.synth import write_album
 
     t0 = time.perf_counter()
-    r = write_album(args.out_dir, n=args.n, seed=args.seed, split=args.split, short_side=args.short_side)
+    r = write_album(args.out_dir, n=args.n, seed=args.seed, split=args.split, short_side=args.short_side,
+                    style=args.style)
     dt = time.perf_counter() - t0
     print(
-        f"wrote {r.n_photos} {args.split} photos to {r.out_dir} in {dt:.1f}s "
+        f"wrote {r.n_photos} {args.split} photos ({args.style}) to {r.out_dir} in {dt:.1f}s "
         f"({r.n_qa} QA, {r.n_probes} POPE probes, {r.n_album_questions} album questions"
         + (f", removed {r.n_removed_stale} stale photos" if r.n_removed_stale else "")
         + ")"
@@ -34,7 +36,7 @@ def _synth(args: argparse.Namespace) -> None:
 def _contact_sheet(args: argparse.Namespace) -> None:
     from data.contact_sheet import write_contact_sheet
 
-    path = write_contact_sheet(args.out, n=args.n, seed=args.seed, split=args.split)
+    path = write_contact_sheet(args.out, n=args.n, seed=args.seed, split=args.split, style=args.style)
     print(f"wrote {path}")
 
 
@@ -57,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--n", type=int, required=True, help="number of photos")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", choices=SPLITS, default="train")
-    s.add_argument("--short-side", type=int, default=DEFAULT_SHORT_SIDE, help="short side of each photo in px")
+    s.add_argument("--short-side", type=int, default=DEFAULT_SHORT_SIDE,
+                   help="short side of each plain photo in px (default %(default)s)")
+    s.add_argument("--style", choices=STYLES, default="plain",
+                   help="plain, varied (other cameras: sizes, light, blur, noise...) or mixed (default %(default)s)")
     s.set_defaults(func=_synth)
 
     c = sub.add_parser("contact-sheet", help="write a PNG grid of sample photos with their captions")
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--n", type=int, default=12)
     c.add_argument("--seed", type=int, default=7)
     c.add_argument("--split", choices=SPLITS, default="train")
+    c.add_argument("--style", choices=STYLES, default="plain")
     c.set_defaults(func=_contact_sheet)
 
     i = sub.add_parser("inspect", help="read a dataset (any supported format) and count usable samples")

@@ -27,12 +27,12 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.Imag
     return lines
 
 
-def make_contact_sheet(n: int = 12, seed: int = 7, split: str = "train", cols: int = 4) -> Image.Image:
+def make_contact_sheet(n: int = 12, seed: int = 7, split: str = "train", cols: int = 4, style: str = "plain") -> Image.Image:
     """Grid of n photos of (seed, split), each decoded from its JPEG the way a viewer would
     (EXIF orientation applied) and labelled with its id and canonical caption."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    specs = sample_photo_specs(n, seed, split)
+    specs = sample_photo_specs(n, seed, split, style=style)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
     font = ImageFont.load_default(size=FONT_SIZE)
@@ -56,9 +56,9 @@ def make_contact_sheet(n: int = 12, seed: int = 7, split: str = "train", cols: i
     return sheet
 
 
-def write_contact_sheet(path: str | Path, n: int = 12, seed: int = 7, split: str = "train") -> Path:
+def write_contact_sheet(path: str | Path, n: int = 12, seed: int = 7, split: str = "train", style: str = "plain") -> Path:
     """Render the contact sheet and write it to path as PNG (atomically)."""
     buf = io.BytesIO()
-    make_contact_sheet(n, seed, split).save(buf, "PNG", optimize=True)
+    make_contact_sheet(n, seed, split, style=style).save(buf, "PNG", optimize=True)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)

@@ -23,7 +23,10 @@ from data.atomic import atomic_write_json, atomic_write_text
 from data.vocab import DESCRIBE_QUESTION, SPLITS
 from data.world import (
     DEFAULT_SHORT_SIDE,
+    QA,
+    AlbumQA,
     PhotoSpec,
+    Probe,
     album_questions,
     caption,
     captions,
@@ -40,7 +43,7 @@ PHOTOS_DIR = "photos"
 LLAVA_FILE = "llava.json"
 GROUND_TRUTH_FILE = "ground_truth.json"
 CAPTIONS_FILE = "captions.jsonl"
-_GENERATED_NAME = re.compile(rf"^({'|'.join(SPLITS)})-\d+-\d{{5}}\.jpg$")
+_GENERATED_NAME = re.compile(rf"^({'|'.join(SPLITS)})-(?:[a-z]+-)?\d+-\d{{5}}\.jpg$")
 
 
 @dataclass(frozen=True)
@@ -112,10 +115,11 @@ def write_album(
     seed: int,
     split: str = "train",
     short_side: int = DEFAULT_SHORT_SIDE,
+    style: str = "plain",
 ) -> SynthResult:
-    """Generate n photos of (seed, split) into out_dir with all annotation files; see module doc."""
+    """Generate n photos of (seed, split, style) into out_dir with all annotation files; see module doc."""
     out = Path(out_dir)
-    specs = sample_photo_specs(n, seed, split, short_side)
+    specs = sample_photo_specs(n, seed, split, short_side, style)
     photos_dir = out / PHOTOS_DIR
     photos_dir.mkdir(parents=True, exist_ok=True)
     for spec in specs:
@@ -123,13 +127,15 @@ def write_album(
 
     popular = object_counts(specs)
     gts = [ground_truth_record(s, popular) for s in specs]
-    album_rng = random.Random(f"cafe-world:album:{seed}:{split}")
+    album_key = f"{seed}:{split}" if style == "plain" else f"{style}:{seed}:{split}"
+    album_rng = random.Random(f"cafe-world:album:{album_key}")
     album = album_questions(specs, album_rng)
     ground_truth = {
         "version": GROUND_TRUTH_VERSION,
         "seed": seed,
         "split": split,
         "short_side": short_side,
+        "style": style,
         # Sorted list of [color, shape, count]: the statistic behind the "popular" POPE negatives.
         "popular_counts": [[c, s, k] for (c, s), k in sorted(popular.items())],
         "photos": gts,
@@ -160,3 +166,56 @@ def load_ground_truth(album_dir: str | Path) -> dict:
     """Read OUT_DIR/ground_truth.json."""
     with open(Path(album_dir) / GROUND_TRUTH_FILE, encoding="utf-8") as f:
         return json.load(f)
+
+
+# --------------------------------------------------------------------------------------------- reading back
+@dataclass(frozen=True)
+class AlbumPhoto:
+    """One photo of a synth album as typed records: its spec and everything said about it."""
+
+    spec: PhotoSpec
+    image: str  # path relative to the album folder
+    captions: tuple[str, ...]
+    caption: str  # the paraphrase written to llava.json / captions.jsonl
+    qa: tuple[QA, ...]
+    pope: tuple[Probe, ...]
+
+
+@dataclass(frozen=True)
+class Album:
+    """A synth album read back (see read_album)."""
+
+    root: Path
+    split: str
+    style: str
+    photos: tuple[AlbumPhoto, ...]
+    questions: tuple[AlbumQA, ...]
+
+    def image_path(self, photo: AlbumPhoto) -> Path:
+        return self.root / photo.image
+
+    def by_id(self) -> dict[str, AlbumPhoto]:
+        return {p.spec.id: p for p in self.photos}
+
+
+def read_album(album_dir: str | Path) -> Album:
+    """The album in OUT_DIR as typed records (ground_truth.json parsed once, here)."""
+    root = Path(album_dir)
+    gt = load_ground_truth(root)
+    photos = tuple(
+        AlbumPhoto(
+            spec=PhotoSpec.from_dict(p),
+            image=p["image"],
+            captions=tuple(p["captions"]),
+            caption=p["caption"],
+            qa=tuple(QA(**q) for q in p["qa"]),
+            pope=tuple(Probe(**r) for r in p.get("pope", [])),
+        )
+        for p in gt["photos"]
+    )
+    questions = tuple(
+        AlbumQA(q["question"], q["answer"], tuple(q["photo_ids"]), q.get("qtype", ""),
+                tuple(tuple(r) for r in q.get("refers_to", [])))
+        for q in gt.get("album_questions", [])
+    )
+    return Album(root, gt.get("split", "train"), gt.get("style", "plain"), photos, questions)

@@ -71,6 +71,24 @@ MAX_ROTATION_DEG = 12.0
 JPEG_QUALITY_RANGE = (72, 95)
 SUPERSAMPLE = 2  # draw at 2x and box-reduce: cheap anti-aliasing
 
+# Render styles. "plain": the look the demo model was first trained on. "varied": what other cameras
+# do to the same scene (more aspect ratios and resolutions, continuous sizes and placement within the
+# slot, bigger rotations, slight overlaps, shade and lighting variation, blur, sensor noise, harder
+# JPEG). "mixed": each photo is plain or varied, drawn by its index. Ground truth is exact in every style.
+STYLES: tuple[str, ...] = ("plain", "varied", "mixed")
+VARIED_ASPECT_RATIOS: tuple[tuple[int, int], ...] = ((1, 1), (4, 3), (3, 2), (16, 9), (2, 1), (5, 4), (3, 4), (2, 3))
+VARIED_SHORT_SIDE = (144, 448)
+VARIED_SIZE_RANGE: dict[str, tuple[float, float]] = {"small": (0.30, 0.54), "large": (0.64, 0.98)}
+VARIED_OVERLAP = 0.12  # a large object may reach this share of the third into its neighbour's slot
+VARIED_MAX_ROTATION_DEG = 22.0
+VARIED_JPEG_QUALITY_RANGE = (35, 95)
+VARIED_COLOR_JITTER = 22  # per channel, on top of a shared brightness factor
+VARIED_OBJECT_BRIGHTNESS = (0.85, 1.1)
+VARIED_BACKGROUND_SHIFT: dict[str, tuple[int, int]] = {"white": (-30, 8), "gray": (-30, 30), "black": (-12, 35)}
+VARIED_LIGHTING = (0.78, 1.12)  # multiplicative light falloff across the photo (objects too)
+VARIED_BLUR_RADIUS = (0.0, 1.4)  # px at stored size, half of the photos
+VARIED_NOISE_SIGMA = (0.0, 7.0)  # px values, half of the photos
+
 # EXIF tags (numbers from the EXIF 2.3 spec).
 EXIF_ORIENTATION = 0x0112
 EXIF_DATETIME = 0x0132
@@ -113,6 +131,7 @@ class PhotoSpec:
     height: int
     orientation: int = 1
     split: str = "train"
+    style: str = "plain"  # "plain" or "varied" (how it is drawn; see STYLES)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (the ground-truth record without annotations)."""
@@ -125,6 +144,7 @@ class PhotoSpec:
             "width": self.width,
             "height": self.height,
             "orientation": self.orientation,
+            "style": self.style,
         }
 
     @classmethod
@@ -139,6 +159,7 @@ class PhotoSpec:
             height=int(d["height"]),
             orientation=int(d.get("orientation", 1)),
             split=d.get("split", "train"),
+            style=d.get("style", "plain"),
         )
 
 
@@ -175,24 +196,39 @@ class AlbumQA:
     refers_to: tuple[tuple[str, str, str | None], ...] = field(default=())
 
 
-def photo_id(seed: int, split: str, index: int) -> str:
-    """Stable id of the index-th photo of (seed, split); also its file stem."""
-    return f"{split}-{seed}-{index:05d}"
+def photo_id(seed: int, split: str, index: int, style: str = "plain") -> str:
+    """Stable id of the index-th photo of (seed, split, style); also its file stem."""
+    return f"{split}-{seed}-{index:05d}" if style == "plain" else f"{split}-{style}-{seed}-{index:05d}"
 
 
-def _photo_rng(seed: int, split: str, index: int) -> random.Random:
+def _photo_rng(seed: int, split: str, index: int, style: str = "plain") -> random.Random:
     # Seeding with a str hashes it with SHA-512: stable across processes and PYTHONHASHSEED.
-    return random.Random(f"cafe-world:{seed}:{split}:{index}")
+    key = f"cafe-world:{seed}:{split}:{index}" if style == "plain" else f"cafe-world:{style}:{seed}:{split}:{index}"
+    return random.Random(key)
+
+
+def photo_style(style: str, seed: int, split: str, index: int) -> str:
+    """The style photo ``index`` is drawn in: ``style`` itself, or plain/varied (even odds) for "mixed"."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+    if style != "mixed":
+        return style
+    return random.Random(f"cafe-world:mixed:{seed}:{split}:{index}").choice(("plain", "varied"))
 
 
 def _id_rng(photo_id_: str, purpose: str) -> random.Random:
     return random.Random(f"cafe-world:{purpose}:{photo_id_}")
 
 
-def sample_photo_spec(seed: int, split: str, index: int, short_side: int = DEFAULT_SHORT_SIDE) -> PhotoSpec:
-    """The index-th photo of (seed, split). Independent of how many photos are drawn."""
+def sample_photo_spec(seed: int, split: str, index: int, short_side: int = DEFAULT_SHORT_SIDE,
+                      style: str = "plain") -> PhotoSpec:
+    """The index-th photo of (seed, split, style). Independent of how many photos are drawn.
+
+    ``short_side`` sets the plain style's size; varied photos draw theirs from VARIED_SHORT_SIDE.
+    """
     check_split(split)
-    rng = _photo_rng(seed, split, index)
+    style = photo_style(style, seed, split, index)
+    rng = _photo_rng(seed, split, index, style)
     background = rng.choice(BACKGROUNDS)
     k = rng.randint(1, 3)
     positions = sorted(rng.sample(POSITIONS, k), key=POSITIONS.index)
@@ -204,12 +240,17 @@ def sample_photo_spec(seed: int, split: str, index: int, short_side: int = DEFAU
     )
     span = int((DATE_END - DATE_START).total_seconds())
     date = DATE_START + timedelta(seconds=rng.randrange(span))
-    aw, ah = rng.choice(ASPECT_RATIOS)
-    height = short_side
-    width = int(round(short_side * aw / ah))
+    if style == "plain":
+        aw, ah = rng.choice(ASPECT_RATIOS)
+        height = short_side
+        width = int(round(short_side * aw / ah))
+    else:
+        aw, ah = rng.choice(VARIED_ASPECT_RATIOS)
+        short = rng.randint(*VARIED_SHORT_SIDE)
+        width, height = (int(round(short * aw / ah)), short) if aw >= ah else (short, int(round(short * ah / aw)))
     orientation = rng.choice(EXIF_ORIENTATIONS) if rng.random() < ROTATED_FRACTION else 1
     return PhotoSpec(
-        id=photo_id(seed, split, index),
+        id=photo_id(seed, split, index, style),
         objects=objects,
         background=background,
         date=date,
@@ -217,16 +258,18 @@ def sample_photo_spec(seed: int, split: str, index: int, short_side: int = DEFAU
         height=height,
         orientation=orientation,
         split=split,
+        style=style,
     )
 
 
-def sample_photo_specs(n: int, seed: int, split: str = "train", short_side: int = DEFAULT_SHORT_SIDE) -> list[PhotoSpec]:
+def sample_photo_specs(n: int, seed: int, split: str = "train", short_side: int = DEFAULT_SHORT_SIDE,
+                       style: str = "plain") -> list[PhotoSpec]:
     """n photo specs of a split; the first m of n photos equal sample_photo_specs(m, ...)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if short_side < 32:
         raise ValueError(f"short_side must be >= 32 px, got {short_side}")
-    return [sample_photo_spec(seed, split, i, short_side) for i in range(n)]
+    return [sample_photo_spec(seed, split, i, short_side, style) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,21 +292,30 @@ class ObjectLayout:
 
 
 def layout(spec: PhotoSpec) -> list[ObjectLayout]:
-    """Pixel layout of each object of spec (same order as spec.objects); deterministic by spec.id."""
+    """Pixel layout of each object of spec (same order as spec.objects); deterministic by spec.id.
+
+    An object's centre always stays inside its third, so its position word is never ambiguous; in
+    the varied style a large object may reach a little into the neighbouring third (slight overlaps).
+    """
     rng = _id_rng(spec.id, "layout")
+    varied = spec.style == "varied"
+    sizes = VARIED_SIZE_RANGE if varied else SIZE_RANGE
+    jitter = 0.9 if varied else 0.6
     w, h = spec.width, spec.height
     third = w / 3
-    cell = min(third, h)
+    cell = min(third * (1 + VARIED_OVERLAP), h) if varied else min(third, h)
+    max_angle = VARIED_MAX_ROTATION_DEG if varied else MAX_ROTATION_DEG
     out = []
     for obj in spec.objects:
-        lo, hi = SIZE_RANGE[obj.size]
+        lo, hi = sizes[obj.size]
         extent = cell * rng.uniform(lo, hi)
         slack_x = max(0.0, (third - extent) / 2)
         slack_y = max(0.0, (h - extent) / 2)
-        # Jitter stays well inside the third so the position word is never ambiguous.
-        cx = (POSITIONS.index(obj.position) + 0.5) * third + rng.uniform(-0.6, 0.6) * slack_x
-        cy = h / 2 + rng.uniform(-0.6, 0.6) * slack_y
-        out.append(ObjectLayout(cx=cx, cy=cy, extent=extent, angle=rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)))
+        cx = (POSITIONS.index(obj.position) + 0.5) * third + rng.uniform(-jitter, jitter) * slack_x
+        cy = h / 2 + rng.uniform(-jitter, jitter) * slack_y
+        if varied:  # an overlapping object may reach into its neighbour's slot, never out of the photo
+            cx = min(max(cx, extent / 2), w - extent / 2)
+        out.append(ObjectLayout(cx=cx, cy=cy, extent=extent, angle=rng.uniform(-max_angle, max_angle)))
     return out
 
 
@@ -299,10 +351,11 @@ def _jitter_rgb(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> t
 def _background(spec: PhotoSpec, rng: random.Random, scale: int) -> Image.Image:
     w, h = spec.width * scale, spec.height * scale
     # A shared brightness shift plus a tiny per-channel one: varied, yet gray stays gray (no tint).
-    shift = rng.randint(-8, 8)
+    varied = spec.style == "varied"
+    shift = rng.randint(*VARIED_BACKGROUND_SHIFT[spec.background]) if varied else rng.randint(-8, 8)
     base = np.array(_jitter_rgb(BACKGROUND_RGB[spec.background], rng, 2), dtype=np.float32) + shift
     theta = rng.uniform(0, 2 * math.pi)
-    amp = rng.uniform(8, 18)  # faint: a few percent of the range
+    amp = rng.uniform(8, 30) if varied else rng.uniform(8, 18)  # plain: faint, a few percent of the range
     xs = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
     ys = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
     ramp = (math.cos(theta) * xs + math.sin(theta) * ys) * amp  # (h, w)
@@ -310,26 +363,62 @@ def _background(spec: PhotoSpec, rng: random.Random, scale: int) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
+def _object_rgb(color: str, rng: random.Random, varied: bool) -> tuple[int, int, int]:
+    if not varied:
+        return _jitter_rgb(COLOR_RGB[color], rng, 8)
+    gain = rng.uniform(*VARIED_OBJECT_BRIGHTNESS)
+    shaded = tuple(int(round(v * gain)) for v in COLOR_RGB[color])
+    return _jitter_rgb(shaded, rng, VARIED_COLOR_JITTER)  # type: ignore[arg-type]
+
+
+def _camera_effects(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Varied style: uneven light over the whole scene, then (each half of the time) sensor noise and blur."""
+    from PIL import ImageFilter
+
+    w, h = img.size
+    arr = np.asarray(img, dtype=np.float32)  # (h, w, 3)
+    lo, hi = VARIED_LIGHTING
+    a, b = rng.uniform(lo, hi), rng.uniform(lo, hi)
+    theta = rng.uniform(0, 2 * math.pi)
+    xs = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
+    ys = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
+    t = np.clip(0.5 + (math.cos(theta) * (xs - 0.5) + math.sin(theta) * (ys - 0.5)), 0.0, 1.0)  # (h, w)
+    arr = arr * (a + (b - a) * t)[:, :, None]
+    if rng.random() < 0.5:
+        sigma = rng.uniform(*VARIED_NOISE_SIGMA)
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, size=arr.shape)
+        arr = arr + noise.astype(np.float32)
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < 0.5:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(*VARIED_BLUR_RADIUS)))
+    return out
+
+
 def render_photo(spec: PhotoSpec) -> Image.Image:
     """The upright RGB photo of spec (before JPEG and EXIF rotation)."""
     rng = _id_rng(spec.id, "render")
+    varied = spec.style == "varied"
     s = SUPERSAMPLE
     img = _background(spec, rng, s)
     draw = ImageDraw.Draw(img)
-    for obj, lay in zip(spec.objects, layout(spec)):
-        fill = _jitter_rgb(COLOR_RGB[obj.color], rng, 8)
+    pairs = list(zip(spec.objects, layout(spec)))
+    if varied:
+        rng.shuffle(pairs)  # which of two overlapping objects is in front
+    for obj, lay in pairs:
+        fill = _object_rgb(obj.color, rng, varied)
         cx, cy, e = lay.cx * s, lay.cy * s, lay.extent * s
         if obj.shape == "circle":
             r = e / 2
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         else:
             draw.polygon(_shape_polygon(obj.shape, cx, cy, e, lay.angle), fill=fill)
-    return img.reduce(s) if s > 1 else img
+    img = img.reduce(s) if s > 1 else img
+    return _camera_effects(img, rng) if varied else img
 
 
 def jpeg_quality(spec: PhotoSpec) -> int:
     """JPEG quality the photo is saved with (deterministic by id)."""
-    return _id_rng(spec.id, "jpeg").randint(*JPEG_QUALITY_RANGE)
+    return _id_rng(spec.id, "jpeg").randint(*(VARIED_JPEG_QUALITY_RANGE if spec.style == "varied" else JPEG_QUALITY_RANGE))
 
 
 def encode_photo(spec: PhotoSpec) -> bytes:
@@ -368,7 +457,7 @@ def position_phrase(position: str) -> str:
     return _POSITION_PHRASE[position]
 
 
-def _join(items: Sequence[str]) -> str:
+def join_phrases(items: Sequence[str]) -> str:
     if len(items) == 1:
         return items[0]
     return ", ".join(items[:-1]) + " and " + items[-1]
@@ -388,10 +477,10 @@ def captions(spec: PhotoSpec) -> list[str]:
     bg = spec.background
     noun = "object" if n == 1 else "objects"
     return [
-        f"{_join(placed)}, on a {bg} background",
-        f"a photo of {_join(phrases)} on a {bg} background",
-        f"a {bg} background with {_join(placed)}",
-        f"{NUMBER_WORDS[n]} {noun} on a {bg} background: {_join(phrases)}",
+        f"{join_phrases(placed)}, on a {bg} background",
+        f"a photo of {join_phrases(phrases)} on a {bg} background",
+        f"a {bg} background with {join_phrases(placed)}",
+        f"{NUMBER_WORDS[n]} {noun} on a {bg} background: {join_phrases(phrases)}",
         "; ".join(f"{position_phrase(o.position)}, {object_phrase(o)}" for o in objs) + f"; {bg} background",
     ]
 
@@ -507,7 +596,7 @@ def _album_index(specs: Sequence[PhotoSpec]) -> dict[tuple, set[str]]:
 
 
 def _describe_reqs(reqs: Sequence[Requirement]) -> str:
-    return _join([f"the {z + ' ' if z else ''}{c} {s}" for c, s, z in reqs])
+    return join_phrases([f"the {z + ' ' if z else ''}{c} {s}" for c, s, z in reqs])
 
 
 def _candidate_reqs(spec: PhotoSpec, rng: random.Random) -> list[tuple[Requirement, ...]]:
