@@ -1,0 +1,222 @@
+"""Sample-world texts beyond captions and the evaluation questions: what people type to find a photo,
+texts that almost match it, what every text and photo is tagged with, and the extra question forms
+that teach a reader positions and single attributes.
+
+- Queries (`Query`: text + match tags, with "a"/"an" as people type them): one object ("a red
+  circle", "a small red circle", "a red circle on the left", "a red circle on a gray background"),
+  several objects ("a red circle and a blue star"), one attribute ("an orange object", "a star").
+- Tags (`TAGS`): a text matches a photo when the photo has every tag the text names
+  (`matches`). Photos carry every tag they could be named by; a text names only what it says, so a
+  text that leaves something out (size, position) matches more photos, never fewer.
+- Hard negatives (`hard_negatives`): a query's near misses that the photo does *not* show, each
+  differing in one attribute: one color changed, one shape changed, two shapes swapped, two sizes
+  swapped. They never name a (color, shape) pair the split keeps out of text.
+- `training_questions`: attribute and position questions ("What color is the object on the left?",
+  "What is left of the blue star?", "Where is the red circle?") that the evaluation does not ask.
+
+Everything here is a pure function of a `PhotoSpec` (and an rng where a choice is made).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from data.vocab import BACKGROUNDS, COLORS, NOTHING_ANSWER, POSITIONS, SHAPES, SIZES, probe_pairs
+from data.world import QA, PhotoSpec, WorldObject, join_phrases, object_phrase, position_phrase
+
+# --------------------------------------------------------------------------------------------- tags
+KIND_TAGS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
+SIZED_TAGS = tuple(f"{z} {c} {s}" for z in SIZES for c in COLORS for s in SHAPES)
+COLOR_TAGS = tuple(f"color:{c}" for c in COLORS)
+SHAPE_TAGS = tuple(f"shape:{s}" for s in SHAPES)
+BACKGROUND_TAGS = tuple(f"bg:{b}" for b in BACKGROUNDS)
+TAGS: tuple[str, ...] = KIND_TAGS + SIZED_TAGS + COLOR_TAGS + SHAPE_TAGS + BACKGROUND_TAGS
+TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
+
+
+def a(phrase: str) -> str:
+    """The phrase with its indefinite article: "a red circle", "an orange star"."""
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def kind_tag(color: str, shape: str, size: str | None = None) -> str:
+    """The tag of an object kind: "red circle", or with its size "small red circle"."""
+    return f"{size} {color} {shape}" if size else f"{color} {shape}"
+
+
+def image_tags(spec: PhotoSpec) -> frozenset[str]:
+    """Every tag a photo can be named by: its kinds with and without size, colors, shapes, background."""
+    tags = {f"bg:{spec.background}"}
+    for o in spec.objects:
+        tags |= {kind_tag(o.color, o.shape), kind_tag(o.color, o.shape, o.size), f"color:{o.color}", f"shape:{o.shape}"}
+    return frozenset(tags)
+
+
+def tag_vector(tags: Iterable[str]) -> np.ndarray:
+    """(len(TAGS),) float32 multi-hot vector (the trainer's false-negative masking reads these)."""
+    v = np.zeros(len(TAGS), dtype=np.float32)
+    for t in tags:
+        v[TAG_INDEX[t]] = 1.0
+    return v
+
+
+def matches(text_tags: Iterable[str], photo_tags: Iterable[str]) -> bool:
+    """A text matches a photo when the photo has every tag the text names."""
+    return set(text_tags) <= set(photo_tags)
+
+
+# --------------------------------------------------------------------------------------------- queries
+@dataclass(frozen=True)
+class Query:
+    """A retrieval text and the tags it names."""
+
+    text: str
+    tags: frozenset[str]
+
+
+OBJECT_FORMS = ("plain", "sized", "placed", "background")
+
+
+def object_query(obj: WorldObject, form: str = "plain", background: str | None = None) -> Query:
+    """One object: "a red circle" (plain), "a small red circle" (sized), "a red circle on the left"
+    (placed), "a red circle on a gray background" (background, which needs ``background``)."""
+    tags = {kind_tag(obj.color, obj.shape)}
+    kind = a(f"{obj.color} {obj.shape}")
+    if form == "plain":
+        text = kind
+    elif form == "sized":
+        text = object_phrase(obj)
+        tags.add(kind_tag(obj.color, obj.shape, obj.size))
+    elif form == "placed":
+        text = f"{kind} {position_phrase(obj.position)}"
+    elif form == "background":
+        if background is None:
+            raise ValueError("form 'background' needs the photo's background")
+        text = f"{kind} on a {background} background"
+        tags.add(f"bg:{background}")
+    else:
+        raise ValueError(f"unknown object query form {form!r}; expected one of {OBJECT_FORMS}")
+    return Query(text, frozenset(tags))
+
+
+def objects_query(objects: Sequence[WorldObject], sized: bool = False) -> Query:
+    """Several objects in one photo: "a red circle and a blue star" (with sizes when ``sized``)."""
+    if not objects:
+        raise ValueError("objects_query needs at least one object")
+    phrases = [object_phrase(o) if sized else a(f"{o.color} {o.shape}") for o in objects]
+    tags = {kind_tag(o.color, o.shape, o.size if sized else None) for o in objects}
+    if sized:
+        tags |= {kind_tag(o.color, o.shape) for o in objects}
+    return Query(join_phrases(phrases), frozenset(tags))
+
+
+def pair_query(spec: PhotoSpec) -> Query:
+    """The evaluation's two-object query of a photo: its two leftmost objects, no sizes ("a red circle and
+    a blue star"). It matches every photo that shows both kinds."""
+    ordered = sorted(spec.objects, key=lambda o: POSITIONS.index(o.position))
+    if len(ordered) < 2:
+        raise ValueError(f"photo {spec.id} has fewer than two objects")
+    return objects_query(ordered[:2])
+
+
+def attribute_query(obj: WorldObject, attribute: str) -> Query:
+    """One attribute of an object alone: "a purple object" (color) or "a star" (shape)."""
+    if attribute == "color":
+        return Query(a(f"{obj.color} object"), frozenset({f"color:{obj.color}"}))
+    if attribute == "shape":
+        return Query(a(obj.shape), frozenset({f"shape:{obj.shape}"}))
+    raise ValueError(f"unknown attribute {attribute!r}; expected color or shape")
+
+
+def _swap(objects: list[WorldObject], i: int, j: int, field: str) -> list[WorldObject]:
+    out = list(objects)
+    a, b = out[i], out[j]
+    out[i] = WorldObject(**{**vars(a), field: getattr(b, field)})
+    out[j] = WorldObject(**{**vars(b), field: getattr(a, field)})
+    return out
+
+
+def hard_negatives(spec: PhotoSpec, named: Sequence[WorldObject], sized: bool = False,
+                   render: Callable[[list[WorldObject]], Query] | None = None) -> list[Query]:
+    """Queries one attribute away from the query that names ``named`` that ``spec`` does not match.
+
+    Changes: one object's color, one object's shape, two objects' shapes swapped, and (sized) two
+    objects' sizes swapped or one object's size flipped. Only (color, shape) pairs the split may name
+    appear (``probe_pairs``); every result is checked against the photo's tags. ``render`` writes the
+    changed objects in the original query's form (default: ``objects_query(objects, sized)``).
+    """
+    render = render or (lambda objs: objects_query(objs, sized))
+    allowed = set(probe_pairs(spec.split))
+    have = image_tags(spec)
+    named = list(named)
+    variants: list[list[WorldObject]] = []
+    for i, o in enumerate(named):
+        variants += [named[:i] + [WorldObject(o.shape, c, o.size, o.position)] + named[i + 1:] for c in COLORS if c != o.color]
+        variants += [named[:i] + [WorldObject(s, o.color, o.size, o.position)] + named[i + 1:] for s in SHAPES if s != o.shape]
+        if sized:
+            flipped = SIZES[1 - SIZES.index(o.size)]
+            variants.append(named[:i] + [WorldObject(o.shape, o.color, flipped, o.position)] + named[i + 1:])
+    for i in range(len(named)):
+        for j in range(i + 1, len(named)):
+            if named[i].shape != named[j].shape:
+                variants.append(_swap(named, i, j, "shape"))
+            if sized and named[i].size != named[j].size:
+                variants.append(_swap(named, i, j, "size"))
+    out: dict[str, Query] = {}
+    for objs in variants:
+        if any(o.pair not in allowed for o in objs) or len({o.pair for o in objs}) < len(objs):
+            continue
+        q = render(objs)
+        if not matches(q.tags, have):
+            out.setdefault(q.text, q)
+    return list(out.values())
+
+
+# --------------------------------------------------------------------------------------------- questions
+def _left_right(spec: PhotoSpec) -> list[QA]:
+    ordered = sorted(spec.objects, key=lambda o: POSITIONS.index(o.position))
+    out = []
+    for i, o in enumerate(ordered):
+        name = f"the {o.color} {o.shape}"
+        left = object_phrase(ordered[i - 1]) if i > 0 else NOTHING_ANSWER
+        right = object_phrase(ordered[i + 1]) if i + 1 < len(ordered) else NOTHING_ANSWER
+        out.append(QA(f"What is left of {name}?", left, "left_of"))
+        out.append(QA(f"What is right of {name}?", right, "right_of"))
+    return out
+
+
+def training_questions(spec: PhotoSpec) -> list[QA]:
+    """Attribute and position questions about spec, for training only (qtypes below), in a fixed order.
+
+    color_at / shape_at / size_at: "What color is the object on the left?" -> "red"; where: "Where is
+    the red circle?" -> "on the left"; left_of / right_of: "What is left of the blue star?" -> "a small
+    red circle" or "nothing"; is_color: "Is the star red?" -> yes/no, asked only with colors that the
+    split may name with that shape.
+    """
+    qa: list[QA] = []
+    by_pos = {o.position: o for o in spec.objects}
+    for pos in POSITIONS:
+        o = by_pos.get(pos)
+        where = position_phrase(pos)
+        qa.append(QA(f"What color is the object {where}?", o.color if o else NOTHING_ANSWER, "color_at"))
+        qa.append(QA(f"What shape is {where}?", o.shape if o else NOTHING_ANSWER, "shape_at"))
+        if o is not None:
+            qa.append(QA(f"What size is the object {where}?", o.size, "size_at"))
+    for o in spec.objects:
+        qa.append(QA(f"Where is the {o.color} {o.shape}?", position_phrase(o.position), "where"))
+    qa += _left_right(spec)
+    allowed = set(probe_pairs(spec.split))
+    shapes = [o.shape for o in spec.objects]
+    for o in spec.objects:
+        if shapes.count(o.shape) != 1:
+            continue
+        qa.append(QA(f"Is the {o.shape} {o.color}?", "yes", "is_color"))
+        others = [c for c in COLORS if c != o.color and (c, o.shape) in allowed]
+        if others:
+            other = random.Random(f"cafe-world:is-color:{spec.id}:{o.shape}").choice(others)
+            qa.append(QA(f"Is the {o.shape} {other}?", "no", "is_color"))
+    return qa
