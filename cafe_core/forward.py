@@ -20,7 +20,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import prompts
 from .inputs import IGNORE_INDEX, PromptEncoder, check_images
-from .losses import lm_loss
 from .pooling import pool_last_token
 
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -28,17 +27,21 @@ _TEXT_KEYS = ("input_ids", "attention_mask")
 
 @dataclass
 class TrainBatch:
-    """A collated training batch. Rows of ``image_prompt``/``text_prompt`` are the samples in ``embed_rows``."""
+    """A collated training batch. Rows of ``image_prompt`` are the samples in ``embed_rows``; rows of
+    ``text_prompt`` are those samples' captions, then the hard negatives of the samples in ``hard_rows``."""
 
     conv: dict  # input_ids, attention_mask, labels: (B, T)
     pixel: dict  # processor image outputs (pixel_values, image_sizes, ...) for the images in the batch
     images: list  # PIL images in the order of ``pixel`` (kept for the naive reference path)
-    sample_image: list  # per sample: index into ``images`` or None
+    sample_image: list  # per sample: index into ``images`` of the image its caption pairs with, or None
     embed_rows: list  # samples with an image and a caption: they take part in the contrastive loss
     image_prompt: dict | None  # input_ids, attention_mask: (E, T_i)
-    text_prompt: dict | None  # input_ids, attention_mask: (E, T_t)
+    text_prompt: dict | None  # input_ids, attention_mask: (E + H, T_t)
     text_tags: torch.Tensor | None = None  # (E, F) optional multi-hot, see losses.match_mask
     image_tags: torch.Tensor | None = None
+    hard_rows: list = field(default_factory=list)  # samples whose hard negative text follows the captions
+    hard_tags: torch.Tensor | None = None  # (H, F)
+    row_images: list = field(default_factory=list)  # per sample: indices into ``images`` of its conversation's photos
     extra: dict = field(default_factory=dict)
 
     def to(self, device, dtype=None) -> "TrainBatch":
@@ -54,37 +57,70 @@ class TrainBatch:
         self.image_prompt, self.text_prompt = move(self.image_prompt), move(self.text_prompt)
         if self.text_tags is not None:
             self.text_tags, self.image_tags = self.text_tags.to(device), self.image_tags.to(device)
+        if self.hard_tags is not None:
+            self.hard_tags = self.hard_tags.to(device)
         return self
 
 
+def sample_images(sample) -> tuple[list, int | None]:
+    """(the images of a sample's conversation in order, index of the one its caption pairs with).
+
+    A sample has ``.image`` (PIL or None) and optionally ``.images`` + ``.embed_image`` (several photos
+    in one conversation, e.g. a grounded question over retrieved photos)."""
+    images = list(getattr(sample, "images", None) or ([] if sample.image is None else [sample.image]))
+    if not images:
+        return [], None
+    return images, int(getattr(sample, "embed_image", 0) or 0)
+
+
+def image_token_runs(input_ids: torch.Tensor, image_token_id: int) -> list[int]:
+    """Lengths of the runs of image tokens in one tokenised row: one run per image, in order."""
+    is_image = (input_ids == image_token_id).tolist()
+    runs, n = [], 0
+    for flag in is_image + [False]:
+        if flag:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
 def collate(encoder: PromptEncoder, samples: Sequence, with_embeddings: bool = True) -> TrainBatch:
-    """Collate samples (``.image`` PIL|None, ``.conversation`` turns, ``.caption`` str|None, optional
-    ``.text_tags``/``.image_tags``) into a :class:`TrainBatch`."""
-    images, sample_image = [], []
+    """Collate samples (see ``sample_images``; ``.conversation`` turns, ``.caption`` str|None, optional
+    ``.text_tags``/``.image_tags`` and ``.hard_caption``/``.hard_tags``) into a :class:`TrainBatch`."""
+    images, sample_image, n_images, embed_of, row_images = [], [], [], [], []
     for s in samples:
-        if s.image is not None:
-            sample_image.append(len(images))
-            images.append(s.image)
-        else:
-            sample_image.append(None)
+        imgs, embed = sample_images(s)
+        sample_image.append(None if embed is None else len(images) + embed)
+        n_images.append(len(imgs))
+        embed_of.append(embed)
+        row_images.append(list(range(len(images), len(images) + len(imgs))))
+        images.extend(imgs)
     check_images(images)
-    texts = [prompts.conversation_prompt(s.conversation, n_images=int(s.image is not None)) for s in samples]
+    texts = [prompts.conversation_prompt(s.conversation, n_images=n) for s, n in zip(samples, n_images)]
     enc = encoder.encode(texts, images or None)
     conv = {k: enc[k] for k in _TEXT_KEYS}
     conv["labels"] = encoder.lm_labels(conv["input_ids"], conv["attention_mask"])
     pixel = {k: v for k, v in enc.items() if k not in _TEXT_KEYS}
 
-    embed_rows = [i for i, s in enumerate(samples) if s.image is not None and s.caption] if with_embeddings else []
-    image_prompt = text_prompt = text_tags = image_tags = None
+    embed_rows = [i for i, s in enumerate(samples) if sample_image[i] is not None and s.caption] if with_embeddings else []
+    image_prompt = text_prompt = text_tags = image_tags = hard_tags = None
+    hard_rows: list[int] = []
     if embed_rows:
-        counts = (conv["input_ids"] == encoder.image_token_id).sum(1).tolist()  # image tokens per sample
-        image_prompt = dict(encoder.encode_expanded([prompts.image_embedding_prompt()] * len(embed_rows),
-                                                    [[counts[i]] for i in embed_rows]))
-        text_prompt = dict(encoder.encode([prompts.text_embedding_prompt(samples[i].caption) for i in embed_rows]))
+        # image tokens of each embed row's own image: the run of its placeholder in the conversation
+        counts = [[image_token_runs(conv["input_ids"][i], encoder.image_token_id)[embed_of[i]]] for i in embed_rows]
+        image_prompt = dict(encoder.encode_expanded([prompts.image_embedding_prompt()] * len(embed_rows), counts))
+        hard_rows = [i for i in embed_rows if getattr(samples[i], "hard_caption", None)]
+        texts = [samples[i].caption for i in embed_rows] + [samples[i].hard_caption for i in hard_rows]
+        text_prompt = dict(encoder.encode([prompts.text_embedding_prompt(t) for t in texts]))
         if all(getattr(samples[i], "text_tags", None) is not None for i in embed_rows):
             text_tags = torch.stack([torch.as_tensor(samples[i].text_tags) for i in embed_rows])
             image_tags = torch.stack([torch.as_tensor(samples[i].image_tags) for i in embed_rows])
-    return TrainBatch(conv, pixel, images, sample_image, embed_rows, image_prompt, text_prompt, text_tags, image_tags)
+            if hard_rows:
+                hard_tags = torch.stack([torch.as_tensor(samples[i].hard_tags) for i in hard_rows])
+    return TrainBatch(conv, pixel, images, sample_image, embed_rows, image_prompt, text_prompt, text_tags, image_tags,
+                      hard_rows, hard_tags, row_images)
 
 
 @dataclass
@@ -92,6 +128,7 @@ class ForwardOutput:
     lm_loss: torch.Tensor | None
     image_emb: torch.Tensor | None  # (E, D) float32, L2-normalised
     text_emb: torch.Tensor | None
+    hard_text_emb: torch.Tensor | None = None  # (H, D): hard negative texts, see TrainBatch.hard_rows
 
 
 def multimodal_base(model):
@@ -103,33 +140,94 @@ def multimodal_base(model):
     return m.model
 
 
+def supervised_lm_loss(model, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over supervised tokens, with ``lm_head`` run only on the positions that
+    predict one: (B, T, D) post-norm hidden states, (B, T) labels (-100 = not supervised).
+
+    Equal to the model's own loss over full-sequence logits, which would cost (B, T, vocab): at a real
+    checkpoint's 152k vocabulary and thousands of image tokens per photo, gigabytes for a few dozen
+    answer tokens. ``reduction``: "mean" over supervised tokens, or "sum".
+    """
+    targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # (N_supervised, vocab)
+    return F.cross_entropy(logits, targets[rows, cols], reduction=reduction)
+
+
+# A row joins a length bucket while it is at most this much longer than the bucket's shortest row.
+LENGTH_BUCKET_RATIO = 1.3
+
+
+def length_buckets(lengths: Sequence[int], ratio: float = LENGTH_BUCKET_RATIO) -> list[list[int]]:
+    """Row indices grouped by length (shortest first), so each group pads to little more than its own rows.
+
+    A batch with a few long rows (several photos in one prompt, anyres photos of many tiles) would
+    otherwise pad every row to the longest: 32 rows of ~330 tokens padded to ~700 doubled the language
+    model's work on the demo recipe.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] <= ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
+def conversation_lm_loss(model, batch: TrainBatch, image_out=None) -> torch.Tensor:
+    """The conversations' LM loss (mean over supervised tokens), one language-model pass per length
+    bucket, each given its rows' precomputed image features."""
+    base = multimodal_base(model)
+    ids, mask, labels = batch.conv["input_ids"], batch.conv["attention_mask"], batch.conv["labels"]
+    lengths = mask.sum(1).tolist()
+    total = (labels[:, 1:] != IGNORE_INDEX).sum()
+    loss = 0.0
+    for rows in length_buckets(lengths):
+        t = max(lengths[r] for r in rows)  # right padding: every real token is in [0, t)
+        idx = torch.tensor(rows, device=ids.device)
+        mm = None
+        if image_out is not None:
+            feats = image_out.pooler_output
+            picked = [feats[j] for r in rows for j in batch.row_images[r]]  # in the order the rows show them
+            mm = {"image": BaseModelOutputWithPooling(pooler_output=picked)} if picked else None
+        hidden = base(input_ids=ids[idx, :t], attention_mask=mask[idx, :t], mm_encoder_outputs=mm).last_hidden_state
+        loss = loss + supervised_lm_loss(model, hidden, labels[idx, :t], reduction="sum")
+    return loss / total
+
+
+def _split_texts(txt: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    e = len(batch.embed_rows)
+    return txt[:e], (txt[e:] if batch.hard_rows else None)
+
+
 def shared_forward(model, batch: TrainBatch, need_lm: bool = True, need_embeddings: bool = True) -> ForwardOutput:
     """Vision tower + projector once per image; features reused by the LM pass and the image-embedding pass."""
     base = multimodal_base(model)
     image_out = None
     if batch.images:
         image_out = base.get_image_features(**batch.pixel, return_dict=True)
-    lm = img = txt = None
+    lm = img = txt = hard = None
     if need_lm:
-        mm = {"image": image_out} if image_out is not None else None
-        lm = model(**batch.conv, mm_encoder_outputs=mm).loss
+        lm = conversation_lm_loss(model, batch, image_out)
     if need_embeddings and batch.embed_rows:
         feats = image_out.pooler_output
         subset = BaseModelOutputWithPooling(pooler_output=[feats[batch.sample_image[i]] for i in batch.embed_rows])
         h = base(**batch.image_prompt, mm_encoder_outputs={"image": subset}).last_hidden_state
         img = pool_last_token(h, batch.image_prompt["attention_mask"])
         h = base(**batch.text_prompt).last_hidden_state
-        txt = pool_last_token(h, batch.text_prompt["attention_mask"])
-    return ForwardOutput(lm, img, txt)
+        txt, hard = _split_texts(pool_last_token(h, batch.text_prompt["attention_mask"]), batch)
+    return ForwardOutput(lm, img, txt, hard)
 
 
 def naive_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: bool = True,
                   need_embeddings: bool = True) -> ForwardOutput:
-    """Reference: three independent passes (conversation, image prompt, text prompt); vision runs twice."""
+    """Reference: three independent passes (conversation with the model's own full-logits loss, image
+    prompt, text prompt); vision runs twice."""
     base = multimodal_base(model)
     device = batch.conv["input_ids"].device
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    lm = img = txt = None
+    lm = img = txt = hard = None
     if need_lm:
         lm = model(**batch.conv, **batch.pixel).loss
     if need_embeddings and batch.embed_rows:
@@ -137,8 +235,8 @@ def naive_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: boo
         enc = encoder.encode([prompts.image_embedding_prompt()] * len(images), images, device=device, dtype=dtype)
         img = pool_last_token(base(**enc).last_hidden_state, enc["attention_mask"])
         h = base(**batch.text_prompt).last_hidden_state
-        txt = pool_last_token(h, batch.text_prompt["attention_mask"])
-    return ForwardOutput(lm, img, txt)
+        txt, hard = _split_texts(pool_last_token(h, batch.text_prompt["attention_mask"]), batch)
+    return ForwardOutput(lm, img, txt, hard)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,10 +317,6 @@ def _tree_layout(batch: TrainBatch, pad_id: int, image_token_id: int) -> _TreeLa
     return _TreeLayout(input_ids, position_ids, allowed, labels, image_pos, text_pos)
 
 
-def _causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def tree_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: bool = True,
                  need_embeddings: bool = True) -> ForwardOutput:
     """CAFe forward with one language-model pass per batch: same outputs as :func:`shared_forward`.
@@ -232,10 +326,10 @@ def tree_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: bool
     conversation as branches of a prefix tree with a 4D attention mask and matching position ids
     (see ``_tree_layout``). Vision runs once per image, and the shared prefix is computed once instead
     of three times. Needs an attention implementation that takes a custom 4D mask (eager or sdpa, not
-    flash-attention). Falls back to :func:`shared_forward` when only one loss is needed or when the
-    prompts do not share the image tokens.
+    flash-attention). Falls back to :func:`shared_forward` when only one loss is needed, when the batch
+    has hard negative texts, or when the prompts do not share the image tokens.
     """
-    if not (need_lm and need_embeddings and batch.embed_rows):
+    if not (need_lm and need_embeddings and batch.embed_rows) or batch.hard_rows:
         return shared_forward(model, batch, need_lm, need_embeddings)
     layout = _tree_layout(batch, encoder.pad_id, encoder.image_token_id)
     if layout is None:
@@ -255,8 +349,7 @@ def tree_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: bool
         position_ids=layout.position_ids.to(device),
         mm_encoder_outputs={"image": image_out} if image_out is not None else None,
     ).last_hidden_state  # (B, T, D), after the final norm
-    logits = _causal_lm(model).lm_head(hidden)
-    lm = lm_loss(logits, layout.labels.to(device))
+    lm = supervised_lm_loss(model, hidden, layout.labels)
 
     def pooled(positions):
         rows = torch.tensor([b for b, _ in positions], device=device)
