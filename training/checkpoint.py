@@ -67,3 +67,27 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
             return p
     done = sorted(p for p in ckpt_root.glob("step-*") if (p / "trainer_state.pt").exists())
     return done[-1] if done else None
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """After a resume, drop the metric lines (``{"step": ...}`` JSON per line) of steps that will be redone."""
+    path = Path(path)
+    if not path.exists():
+        return
+    import json
+
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    _write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+def publish_folder(final: Path, write) -> Path:
+    """``write(folder)`` fills a temp folder beside ``final``, which then replaces ``final`` in one rename
+    (a reader never sees half a model; a run killed midway leaves the previous ``final`` or none)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final

@@ -20,15 +20,21 @@ class TrainConfig:
     base_model: str = "tiny:llava"  # hub id, local folder, or tiny:<preset> (cafe_core.tiny)
     # --- data
     data: str = ""  # any format data.dataset.open_dataset reads (sample-world synth folder, LLaVA JSON, JSONL/CSV, sidecar folder)
-    augment: str = "none"  # "sampleworld": varied caption granularity + tags for false-negative masking (needs ground_truth.json)
-    max_qa_turns: int = 0  # >0: keep this many random QA turns per conversation (caps sequence length)
-    caption_turn_prob: float = 1.0  # chance to keep a "Describe the photo." turn when present
-    p_full_caption: float = 0.5  # sampleworld: contrastive text is a full caption (else a short object query)
-    p_question_caption: float = 0.0  # sampleworld: contrastive text is a question naming the photo
-    p_grounded: float = 0.0  # sampleworld: conversation opens with the app's grounded-answer format
-    p_yes_no: float = 0.0  # sampleworld: chance a QA turn is a yes/no question, half "yes" half "no"
+    augment: str = "none"  # "sampleworld": the recipe of training/sampleworld.py (needs ground_truth.json)
     image_max_side: int = 512  # decode-time downscale of large photos
-    num_workers: int = 0  # DataLoader worker processes
+    # --- sample-world recipe (augment: sampleworld; see training.sampleworld.Recipe)
+    max_qa_turns: int = 0  # >0: keep this many random QA turns per conversation (0: 6)
+    caption_turn_prob: float = 1.0  # chance to keep a "Describe the photo." turn
+    p_full_caption: float = 0.5  # contrastive text is a full caption (else a short object query)
+    p_question_caption: float = 0.0  # contrastive text is a question naming the photo
+    p_pair: float = 0.0  # contrastive text names 2-3 of the photo's objects
+    p_attribute: float = 0.0  # contrastive text names one color or one shape alone
+    p_hard: float = 0.0  # an object-naming contrastive text gets a hard negative (one attribute changed)
+    p_grounded: float = 0.0  # conversation opens with the app's grounded-answer format
+    p_multi_photo: float = 0.0  # ... over 2-3 photos, of which the question names one
+    p_yes_no: float = 0.0  # chance a QA turn is a yes/no question, half "yes" half "no"
+    position_turns: int = 0  # "What is on the left?" turns added per sample
+    extra_turns: int = 0  # attribute and position turns (data.queries.training_questions) per sample
     # --- losses
     loss: str = "cafe"  # cafe | contrastive | lm
     con_weight: float = 1.0
@@ -92,13 +98,24 @@ class TrainConfig:
                     "save_every", "epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
-        for key in ("warmup_ratio", "min_lr_ratio", "caption_turn_prob", "p_full_caption", "p_question_caption",
-                    "p_grounded", "p_yes_no"):
+        for key in ("warmup_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 0 and 1")
         if self.max_steps == 0 and self.epochs == 0:
             raise ConfigError("set max_steps or epochs > 0")
+        try:
+            self.recipe()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         return self
+
+    def recipe(self):
+        """The sample-world recipe these settings describe (training.sampleworld.Recipe), validated."""
+        from .sampleworld import Recipe
+
+        names = ("caption_turn_prob", "p_full_caption", "p_question_caption", "p_pair", "p_attribute", "p_hard",
+                 "p_grounded", "p_multi_photo", "p_yes_no", "position_turns", "extra_turns", "image_max_side")
+        return Recipe(max_qa_turns=self.max_qa_turns or 6, **{n: getattr(self, n) for n in names}).validate()
 
 
 def _coerce(name: str, raw: str, current, where: str | None = None):

@@ -31,11 +31,13 @@ POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
 # The headline numbers: the eval chart, the ablation chart and the CLI's required JSON keys.
 HEADLINE_METRICS: tuple[str, ...] = (
     "t2i_object_recall@1",
+    "t2i_pair_recall@1",
     "t2i_recall@1",
     "t2i_recall@5",
     "i2t_recall@1",
     "i2t_recall@5",
     "vqa_accuracy",
+    "vqa_position_accuracy",
     "describe_accuracy",
     "pope_random_accuracy",
     "pope_popular_accuracy",

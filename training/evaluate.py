@@ -28,8 +28,10 @@ import numpy as np
 from PIL import Image
 
 from data.atomic import atomic_write_json
-from data.dataset import load_image, open_dataset
+from data.dataset import open_dataset
+from data.images import load_image
 from data.errors import DataFormatError
+from data.queries import image_tags, matches, pair_query
 from data.synth import GROUND_TRUTH_FILE, load_ground_truth
 from data.vocab import ALL_PAIRS, DESCRIBE_QUESTION
 from data.world import PhotoSpec
@@ -246,9 +248,12 @@ def _retrieval(model, es: EvalSet, loader: _PhotoLoader, cfg: EvalConfig) -> tup
     else:
         relevant = paired
 
-    queries = texts + [OBJECT_QUERY.format(color=c, shape=s) for c, s in object_pairs]
+    pair_queries = [pair_query(s) for s in specs if len(s.objects) >= 2] if es.kind == "world" else []
+    queries = texts + [OBJECT_QUERY.format(color=c, shape=s) for c, s in object_pairs] + [q.text for q in pair_queries]
     all_txt = model.embed_texts(queries, batch_size=cfg.batch_size, progress=cfg.progress)
-    txt, obj = all_txt[: len(texts)], all_txt[len(texts):]
+    txt = all_txt[: len(texts)]
+    obj = all_txt[len(texts): len(texts) + len(object_pairs)]
+    pairs_emb = all_txt[len(texts) + len(object_pairs):]
 
     scores = txt @ img.T  # (T, I) cosine: embeddings are L2-normalised
     m: dict[str, float] = {}
@@ -261,6 +266,12 @@ def _retrieval(model, es: EvalSet, loader: _PhotoLoader, cfg: EvalConfig) -> tup
         for k, v in recall_at_k(obj @ img.T, obj_rel).items():
             m[f"t2i_object_recall@{k}"] = v
         m["n_object_queries"] = len(object_pairs)
+    if pair_queries:
+        tags = [image_tags(s) for s in specs]
+        pair_rel = np.array([[matches(q.tags, t) for t in tags] for q in pair_queries])
+        for k, v in recall_at_k(pairs_emb @ img.T, pair_rel).items():
+            m[f"t2i_pair_recall@{k}"] = v
+        m["n_pair_queries"] = len(pair_queries)
     m["n_retrieval_images"] = len(ok)
     m["n_retrieval_texts"] = len(texts)
     m["mean_relevant_images_per_text"] = float(relevant.sum(1).mean())
@@ -395,7 +406,8 @@ def format_report(metrics: dict) -> str:
         lines += ["", "Retrieval          " + "".join(f"  R@{k:<4}" for k in KS) + "  queries"]
         for name, prefix, n in (("text -> image", "t2i_recall", "n_retrieval_texts"),
                                 ("image -> text", "i2t_recall", "n_retrieval_images"),
-                                ("object -> image", "t2i_object_recall", "n_object_queries")):
+                                ("object -> image", "t2i_object_recall", "n_object_queries"),
+                                ("pair -> image", "t2i_pair_recall", "n_pair_queries")):
             if f"{prefix}@1" in metrics:
                 lines.append(f"  {name:<17}" + "".join(f"  {_fmt(g(f'{prefix}@{k}'))}" for k in KS) + f"  {g(n)}")
     if "paired_cosine" in metrics:

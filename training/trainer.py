@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import queue
 import random
@@ -27,10 +26,12 @@ from cafe_core.forward import collate, naive_forward, shared_forward, tree_forwa
 from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
 from cafe_core.loading import load_model_and_processor, resolve_device
 from cafe_core.losses import CafeLoss
+from cafe_core.vocab import WordCounts
 from data.errors import DataFormatError
 
 from . import parallel
-from .checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import latest_checkpoint, publish_folder, rng_state, save_checkpoint, set_rng_state, truncate_metrics
+from .schedule import lr_factor
 from .config import ConfigError, TrainConfig
 from .modes import QLORA_FULL_PRECISION, apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
 
@@ -56,7 +57,7 @@ class TrainStep(nn.Module):
             out = tree_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
         else:
             out = shared_forward(self.model, batch, self.need_lm, self.need_embeddings)
-        return out.lm_loss, out.image_emb, out.text_emb
+        return out.lm_loss, out.image_emb, out.text_emb, out.hard_text_emb
 
 
 # ---------------------------------------------------------------------- setup helpers
@@ -82,17 +83,6 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
             return torch.float16 if cfg.precision == "auto" else None
         return torch.bfloat16
     return torch.float16
-
-
-def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup over ``warmup_ratio`` of the steps, then cosine (or constant) decay."""
-    warmup = max(1, math.ceil(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class Prefetcher:
@@ -144,11 +134,12 @@ class Trainer:
         if cfg.augment == "sampleworld":
             from .sampleworld import SampleWorldAugment
 
-            self.augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.max_qa_turns or 6, cfg.caption_turn_prob,
-                                              cfg.p_full_caption, cfg.p_grounded, cfg.p_question_caption,
-                                              cfg.p_yes_no)
+            self.augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.recipe())
 
         self.state = {"step": 0, "epoch": 0, "consumed": 0}  # consumed: samples of this epoch, all ranks
+        # Words of every text trained on, this rank's since the start or the resumed checkpoint (which
+        # holds every rank's words so far, restored on rank 0); see cafe_core.vocab.
+        self.vocab = WordCounts()
         start = latest_checkpoint(self.ckpt_root) if resume else None
         self._seed_everything(cfg.seed + self.rank)
         model_source = cfg.base_model
@@ -170,7 +161,7 @@ class Trainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.encoder = PromptEncoder(self.processor)
         self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
-                                gather_with_grad=cfg.gather_with_grad)
+                                gather_with_grad=cfg.gather_with_grad, hard_negatives=cfg.p_hard > 0)
         self.step_module = parallel.wrap(
             TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm, self.loss_fn.needs_embeddings),
             cfg.distributed, self.world, self.device, getattr(self.model, "_no_split_modules", None))
@@ -198,23 +189,31 @@ class Trainer:
         self.state = st["position"]
         rngs = st["rng"]
         set_rng_state(rngs[self.rank] if isinstance(rngs, list) and len(rngs) > self.rank else rngs)
+        if self.is_main and "vocab" in st:
+            self.vocab = WordCounts.from_json(st["vocab"])
         if self.is_main:
             log.info("resumed from %s at step %d", ckpt, self.state["step"])
 
     def _save(self, step: int) -> Path | None:
         if not self._weights_finite():  # never let a checkpoint replace the last good one with NaNs
             raise NonFiniteLoss(self._nan_message(step - 1, what="weights"))
-        rngs = [rng_state()]
-        if self.world > 1:  # every rank's RNG, so a resumed rank continues its own stream
+        rngs, vocab = [rng_state()], self.vocab
+        if self.world > 1:  # every rank's RNG, so a resumed rank continues its own stream; all words
             gathered = [None] * self.world
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
+            counts = [None] * self.world
+            dist.all_gather_object(counts, self.vocab.to_json())
+            vocab = WordCounts()
+            for c in counts:
+                vocab = vocab.merge(WordCounts.from_json(c))
         # FSDP: gathering the full weights and optimizer state is a collective, so every rank joins.
         weights = _strip_prefix(parallel.full_state_dict(self.step_module), "model.") if self.fsdp else None
         optim = parallel.optimizer_state(self.step_module, self.optimizer) if (self.fsdp or self.is_main) else None
         if not self.is_main:
             return None
-        state = {"optimizer": optim, "position": dict(self.state), "rng": rngs, "config": asdict(self.cfg)}
+        state = {"optimizer": optim, "position": dict(self.state), "rng": rngs, "config": asdict(self.cfg),
+                 "vocab": vocab.to_json()}
 
         def save_model(folder: Path):
             self.model.save_pretrained(folder, state_dict=weights)
@@ -245,7 +244,7 @@ class Trainer:
                 if len(chunk) == cfg.batch_size:
                     consumed += per_batch
                     produced += 1
-                    yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), (epoch, consumed)
+                    yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), (epoch, consumed), _texts(chunk)
                     chunk = []
             if produced == 0 and n_batches > 0:  # unusable images everywhere: never spin on empty epochs
                 raise DataFormatError(cfg.data, f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples")
@@ -264,7 +263,7 @@ class Trainer:
 
     def _supervised_tokens(self, batches) -> tuple[list[int], int]:
         """Per micro-batch counts of LM-supervised tokens, and their total over the step on all ranks."""
-        counts = [int((b.conv["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in batches]
+        counts = [int((b.conv["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _, _ in batches]
         total = torch.tensor([float(sum(counts))], device=self.device)
         if self.world > 1:
             dist.all_reduce(total)
@@ -277,22 +276,13 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _truncate_metrics(self, step: int):
-        """After a resume, drop metric lines of steps that will be redone."""
-        path = self.out / "metrics.jsonl"
-        if not self.is_main or not path.exists():
-            return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
-
     def train(self) -> Path:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        self._truncate_metrics(self.state["step"])
+        if self.is_main:
+            truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
         batches = iter(Prefetcher(self._batches))
         from tqdm import tqdm
 
@@ -301,36 +291,36 @@ class Trainer:
         t_last, samples_since = time.perf_counter(), 0
         while self.state["step"] < self.end_step:
             step = self.state["step"]
-            factor = lr_factor(step, self.total_steps, cfg)
+            factor = lr_factor(step, self.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule)
             for g, base in zip(self.optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * factor
             micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
             tokens, step_tokens = self._supervised_tokens(micro_batches)
             local_tokens = max(1, sum(tokens))
             sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0}
-            for micro, (batch, position) in enumerate(micro_batches):
+            for micro, (batch, position, texts) in enumerate(micro_batches):
                 batch.to(self.device, None)
+                self.vocab.update(texts)
                 with parallel.grad_sync(self.step_module, sync=micro == cfg.grad_accum - 1):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        lm, img, txt = self.step_module(batch)
-                    out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
-                                       image_tags=batch.image_tags, lm_value=lm)
-                    if not self._all_finite(out.loss.detach()):
-                        raise NonFiniteLoss(self._nan_message(step))
+                        lm, img, txt, hard = self.step_module(batch)
                     # L_lm is a mean over supervised tokens: weight each micro-batch by its share of the
                     # step's tokens (all micro-batches, all ranks; x world because DDP/FSDP average
                     # gradients over ranks), so batch 4 x accum 2 gives the update of batch 8 x accum 1.
                     # L_con is a mean over micro-batches: accumulation does not add negatives (by design).
-                    objective = 0.0
+                    out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
+                                       image_tags=batch.image_tags, lm_value=lm, hard_text_emb=hard,
+                                       hard_tags=batch.hard_tags, lm_scale=tokens[micro] * self.world / step_tokens,
+                                       con_scale=1 / cfg.grad_accum)
+                    if not self._all_finite(out.loss.detach()):
+                        raise NonFiniteLoss(self._nan_message(step))
                     if out.lm_loss is not None:
-                        objective = self.loss_fn.lm_weight * out.lm_loss * (tokens[micro] * self.world / step_tokens)
                         sums["lm_loss"] += out.lm_loss.item() * tokens[micro] / local_tokens
                     if out.con_loss is not None:
-                        objective = objective + self.loss_fn.con_weight * out.con_loss / cfg.grad_accum
                         sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
-                    objective.backward()
+                    out.loss.backward()
                 samples_since += cfg.batch_size * self.world
-            sums["loss"] = self.loss_fn.lm_weight * sums["lm_loss"] + self.loss_fn.con_weight * sums["con_loss"]
+            sums["loss"] = self.loss_fn.combine(sums["lm_loss"], sums["con_loss"])
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not self._all_finite(gnorm.detach()):
@@ -383,35 +373,38 @@ class Trainer:
         return model.merge_and_unload() if cfg.merge_lora else model
 
     def _export_final(self, checkpoint: Path) -> Path:
-        """Write ``out_dir/final``: a standard Hugging Face folder (LoRA merged on request) + model card."""
+        """Write ``out_dir/final``: a standard Hugging Face folder (LoRA merged on request), the words it
+        trained on (cafe_core.vocab, added to the base model's), curves, eval and a model card."""
         from .card import write_model_card
         from .plots import plot_training_curves
 
-        final = self.out / "final"
-        tmp = self.out / ".final.tmp"
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
         model = self._export_model(checkpoint)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.save_dtype]
-        if dtype != torch.float32:
-            model = model.to(dtype)
-        model.save_pretrained(tmp)
-        self.processor.save_pretrained(tmp)
-        if dtype != torch.float32:
-            model.to(torch.float32)
-        metrics_path = self.out / "metrics.jsonl"
-        if metrics_path.exists():
-            plot_training_curves(metrics_path, tmp / "training_curves.png")
-        eval_metrics = None
-        adapter_only = self.cfg.mode != "full" and not self.cfg.merge_lora
-        if self.cfg.eval_data and adapter_only:
-            log.warning("eval_data skipped: the final folder holds LoRA adapters only (merge_lora: false)")
-        elif self.cfg.eval_data:
-            eval_metrics = self._final_eval(tmp)
-        write_model_card(tmp, self.cfg, self.end_step, eval_metrics)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        vocab = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False).get("vocab")
+        vocab = WordCounts.from_json(vocab) if vocab else self.vocab
+        base_vocab = WordCounts.load(self.cfg.base_model) if Path(self.cfg.base_model).is_dir() else None
+
+        def write(folder: Path):
+            nonlocal model
+            if dtype != torch.float32:
+                model = model.to(dtype)
+            model.save_pretrained(folder)
+            self.processor.save_pretrained(folder)
+            if dtype != torch.float32:
+                model.to(torch.float32)
+            (base_vocab.merge(vocab) if base_vocab else vocab).save(folder)
+            metrics_path = self.out / "metrics.jsonl"
+            if metrics_path.exists():
+                plot_training_curves(metrics_path, folder / "training_curves.png")
+            eval_metrics = None
+            adapter_only = self.cfg.mode != "full" and not self.cfg.merge_lora
+            if self.cfg.eval_data and adapter_only:
+                log.warning("eval_data skipped: the final folder holds LoRA adapters only (merge_lora: false)")
+            elif self.cfg.eval_data:
+                eval_metrics = self._final_eval(folder)
+            write_model_card(folder, self.cfg, self.end_step, eval_metrics)
+
+        final = publish_folder(self.out / "final", write)
         log.info("final model written to %s", final)
         return final
 
@@ -426,6 +419,15 @@ class Trainer:
         metrics = evaluate(model, self.cfg.eval_data, cfg)
         (folder / "eval.json").write_text(json.dumps(metrics, indent=2))
         return metrics
+
+
+def _texts(samples) -> list[str]:
+    """Every text of a batch's samples (conversation turns, contrastive and hard negative texts)."""
+    out = []
+    for s in samples:
+        out += [t.content for t in s.conversation]
+        out += [t for t in (s.caption, getattr(s, "hard_caption", None)) if t]
+    return out
 
 
 def _strip_prefix(state: dict, prefix: str) -> dict:

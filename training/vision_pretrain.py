@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,16 +29,28 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_write_json, atomic_write_text
-from data.dataset import load_image
-from data.vocab import BACKGROUNDS, COLORS, POSITIONS, SHAPES
+from data.images import load_image
+from data.synth import GROUND_TRUTH_FILE, read_album
+from data.vocab import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+from data.world import PhotoSpec
 
+from .checkpoint import publish_folder, truncate_metrics
 from .config import ConfigError
+from .schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
-# The tags: each (color, shape) kind, each kind at each position, each background.
+# The tags. "kinds": each (color, shape) kind, each kind at each position, each background (the first
+# recipe). "attributes": each color, shape and size at each position, each color and shape anywhere,
+# each background, with no tag for a (color, shape) pair: a tower taught to see colors and shapes
+# apart has nothing to memorise a pair by, so pairs it never saw are built from parts.
 KINDS = [f"{c} {s}" for c in COLORS for s in SHAPES]
-LABELS = KINDS + [f"{k}@{p}" for k in KINDS for p in POSITIONS] + [f"bg:{b}" for b in BACKGROUNDS]
+LABEL_SETS = {
+    "kinds": KINDS + [f"{k}@{p}" for k in KINDS for p in POSITIONS] + [f"bg:{b}" for b in BACKGROUNDS],
+    "attributes": [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in SHAPES]
+    + [f"{a}@{p}" for a in [*COLORS, *SHAPES, *SIZES] for p in POSITIONS] + [f"bg:{b}" for b in BACKGROUNDS],
+}
+LABELS = LABEL_SETS["kinds"]
 LABEL_INDEX = {t: i for i, t in enumerate(LABELS)}
 CHECKPOINT = "checkpoint.pt"
 
@@ -48,6 +58,7 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass
 class VisionPretrainConfig:
     base_model: str = "tiny:llava-demo"  # tiny:<preset>, a local folder or a hub id (whose tower is trained)
+    labels: str = "kinds"  # which tags the tower learns to predict: kinds | attributes (see LABEL_SETS)
     data: str = ""  # a `python -m data synth` folder (its ground_truth.json gives the tags)
     eval_data: str = ""  # optional: another synth folder, scored at the end
     eval_max_photos: int = 400
@@ -72,41 +83,49 @@ class VisionPretrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0 or self.save_every < 0:
             raise ConfigError("lr must be > 0 and save_every >= 0")
+        if self.labels not in LABEL_SETS:
+            raise ConfigError(f"labels={self.labels!r} is not one of {tuple(LABEL_SETS)}")
         for key in ("warmup_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 0 and 1")
         return self
 
 
-def photo_labels(photo: dict) -> np.ndarray:
-    """The multi-hot LABELS vector of one ground_truth.json photo."""
-    y = np.zeros(len(LABELS), dtype=np.float32)
-    for o in photo["objects"]:
-        kind = f"{o['color']} {o['shape']}"
-        y[LABEL_INDEX[kind]] = 1.0
-        y[LABEL_INDEX[f"{kind}@{o['position']}"]] = 1.0
-    y[LABEL_INDEX[f"bg:{photo['background']}"]] = 1.0
+def photo_labels(spec: PhotoSpec, labels: str = "kinds") -> np.ndarray:
+    """The multi-hot vector of one photo over LABEL_SETS[labels]."""
+    names = LABEL_SETS[labels]
+    index = {t: i for i, t in enumerate(names)}
+    y = np.zeros(len(names), dtype=np.float32)
+    on = [f"bg:{spec.background}"]
+    for o in spec.objects:
+        if labels == "kinds":
+            on += [f"{o.color} {o.shape}", f"{o.color} {o.shape}@{o.position}"]
+        else:
+            on += [f"color:{o.color}", f"shape:{o.shape}"] + [f"{a}@{o.position}" for a in (o.color, o.shape, o.size)]
+    for t in on:
+        y[index[t]] = 1.0
     return y
 
 
-def load_tagged_photos(folder: str | Path, processor, max_side: int, limit: int | None = None, chunk: int = 256):
+def load_tagged_photos(folder: str | Path, processor, max_side: int, limit: int | None = None, chunk: int = 256,
+                       labels: str = "kinds"):
     """(pixel_values float16, labels float32) of a synth folder's photos, through the model's processor."""
     from tqdm import tqdm
 
     folder = Path(folder)
-    gt_path = folder / "ground_truth.json"
-    if not gt_path.exists():
-        raise FileNotFoundError(f"{gt_path} not found: pretrain-vision needs a `python -m data synth` folder")
-    photos = json.loads(gt_path.read_text())["photos"][:limit]
+    if not (folder / GROUND_TRUTH_FILE).exists():
+        raise FileNotFoundError(f"{folder / GROUND_TRUTH_FILE} not found: pretrain-vision needs a `python -m data synth` folder")
+    album = read_album(folder)
+    photos = album.photos[:limit]
     if not photos:
-        raise ConfigError(f"{gt_path} lists no photos")
-    pixels, labels = [], []
+        raise ConfigError(f"{folder / GROUND_TRUTH_FILE} lists no photos")
+    pixels, targets = [], []
     for i in tqdm(range(0, len(photos), chunk), desc=f"loading {folder.name}", unit="chunk"):
         batch = photos[i : i + chunk]
-        images = [load_image(folder / p["image"], max_side) for p in batch]
+        images = [load_image(album.image_path(p), max_side) for p in batch]
         pixels.append(processor.image_processor(images, return_tensors="pt")["pixel_values"].to(torch.float16))
-        labels.extend(photo_labels(p) for p in batch)
-    return torch.cat(pixels), torch.from_numpy(np.stack(labels))
+        targets.extend(photo_labels(p.spec, labels) for p in batch)
+    return torch.cat(pixels), torch.from_numpy(np.stack(targets))
 
 
 def vision_tower(model) -> torch.nn.Module:
@@ -119,10 +138,10 @@ def vision_tower(model) -> torch.nn.Module:
 class TaggingProbe(torch.nn.Module):
     """The tower's LVLM-facing features (layer ``feature_layer``), max-pooled over tokens, to tag logits."""
 
-    def __init__(self, tower: torch.nn.Module, hidden: int, feature_layer: int):
+    def __init__(self, tower: torch.nn.Module, hidden: int, feature_layer: int, n_labels: int = len(LABELS)):
         super().__init__()
         self.tower, self.feature_layer = tower, feature_layer
-        self.head = torch.nn.Linear(hidden, len(LABELS))
+        self.head = torch.nn.Linear(hidden, n_labels)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         states = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states
@@ -130,33 +149,38 @@ class TaggingProbe(torch.nn.Module):
 
 
 def lr_at(step: int, cfg: VisionPretrainConfig) -> float:
-    warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, cfg.steps - warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+
+
+def _exact(pred: torch.Tensor, truth: torch.Tensor, names: list[str], keep) -> float:
+    cols = [i for i, t in enumerate(names) if keep(t)]
+    return round(float((pred[:, cols] == truth[:, cols]).all(dim=1).float().mean()), 4)
 
 
 @torch.no_grad()
-def tagging_scores(probe: TaggingProbe, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> dict:
-    """Share of photos whose predicted set is exactly right: kinds, shapes, colors, kinds with positions."""
+def tagging_scores(probe: TaggingProbe, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
+                   label_set: str = "kinds") -> dict:
+    """Share of photos whose predicted tags are exactly right, per group of tags."""
     probe.eval()
     pred = torch.cat([(probe(pixels[i : i + batch_size].float()) > 0).float() for i in range(0, len(pixels), batch_size)])
     probe.train()
-    n_kinds, n_pos = len(KINDS), len(KINDS) * len(POSITIONS)
-
-    def exact(a, b):
-        return round(float((a == b).all(dim=1).float().mean()), 4)
-
-    grid = lambda t: t[:, :n_kinds].reshape(-1, len(COLORS), len(SHAPES))  # noqa: E731
-    return {
-        "photos": len(pixels),
-        "object_set_exact": exact(pred[:, :n_kinds], labels[:, :n_kinds]),
-        "shape_set_exact": exact(grid(pred).amax(1), grid(labels).amax(1)),
-        "color_set_exact": exact(grid(pred).amax(2), grid(labels).amax(2)),
-        "objects_with_positions_exact": exact(pred[:, n_kinds : n_kinds + n_pos], labels[:, n_kinds : n_kinds + n_pos]),
-        "background_exact": exact(pred[:, n_kinds + n_pos :], labels[:, n_kinds + n_pos :]),
-    }
+    names = LABEL_SETS[label_set]
+    out = {"photos": len(pixels), "background_exact": _exact(pred, labels, names, lambda t: t.startswith("bg:"))}
+    if label_set == "kinds":
+        grid = lambda t: t[:, :len(KINDS)].reshape(-1, len(COLORS), len(SHAPES))  # noqa: E731
+        out.update({
+            "object_set_exact": _exact(pred, labels, names, lambda t: t in KINDS),
+            "shape_set_exact": round(float((grid(pred).amax(1) == grid(labels).amax(1)).all(dim=1).float().mean()), 4),
+            "color_set_exact": round(float((grid(pred).amax(2) == grid(labels).amax(2)).all(dim=1).float().mean()), 4),
+            "objects_with_positions_exact": _exact(pred, labels, names, lambda t: "@" in t),
+        })
+    else:
+        out.update({
+            "color_set_exact": _exact(pred, labels, names, lambda t: t.startswith("color:")),
+            "shape_set_exact": _exact(pred, labels, names, lambda t: t.startswith("shape:")),
+            "objects_with_positions_exact": _exact(pred, labels, names, lambda t: "@" in t),
+        })
+    return out
 
 
 def _save_checkpoint(path: Path, probe: TaggingProbe, opt, step: int, gen: torch.Generator) -> None:
@@ -179,8 +203,9 @@ def pretrain_vision(cfg: VisionPretrainConfig, resume: bool = False) -> Path:
     ckpt_path = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     model, processor = load_model_and_processor(cfg.base_model, device="cpu", dtype=torch.float32)
-    pixels, labels = load_tagged_photos(cfg.data, processor, cfg.image_max_side)
-    probe = TaggingProbe(vision_tower(model), model.config.vision_config.hidden_size, model.config.vision_feature_layer)
+    pixels, labels = load_tagged_photos(cfg.data, processor, cfg.image_max_side, labels=cfg.labels)
+    probe = TaggingProbe(vision_tower(model), model.config.vision_config.hidden_size, model.config.vision_feature_layer,
+                         n_labels=len(LABEL_SETS[cfg.labels]))
     probe.train()
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -192,9 +217,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, resume: bool = False) -> Path:
         gen.set_state(state["generator"])
         step = state["step"]
         log.info("resumed pretrain-vision from step %d", step)
-        # Rows logged after the checkpoint by the interrupted run are logged again below.
-        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        atomic_write_text(out / "metrics.jsonl", "".join(r + "\n" for r in rows if r.strip() and json.loads(r)["step"] <= step))
+        truncate_metrics(out / "metrics.jsonl", step)  # rows logged after it are logged again below
     elif not resume:  # a fresh run: nothing of an older run in out_dir may be resumed or plotted
         ckpt_path.unlink(missing_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -224,18 +247,19 @@ def pretrain_vision(cfg: VisionPretrainConfig, resume: bool = False) -> Path:
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 _save_checkpoint(ckpt_path, probe, opt, step, gen)
     bar.close()
-    report = {"config": asdict(cfg), "train": tagging_scores(probe, pixels[:cfg.eval_max_photos], labels[:cfg.eval_max_photos])}
+    report = {"config": asdict(cfg), "train": tagging_scores(probe, pixels[:cfg.eval_max_photos],
+                                                             labels[:cfg.eval_max_photos], label_set=cfg.labels)}
     if cfg.eval_data:
-        report["eval"] = tagging_scores(probe, *load_tagged_photos(cfg.eval_data, processor, cfg.image_max_side,
-                                                                   cfg.eval_max_photos))
+        eval_set = load_tagged_photos(cfg.eval_data, processor, cfg.image_max_side, cfg.eval_max_photos, labels=cfg.labels)
+        report["eval"] = tagging_scores(probe, *eval_set, label_set=cfg.labels)
     log.info("pretrain-vision tagging scores: %s", report)
-    final, tmp = out / "final", out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    atomic_write_text(tmp / "vision_pretrain.json", json.dumps(report, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+
+    def write(folder: Path):
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        atomic_write_text(folder / "vision_pretrain.json", json.dumps(report, indent=2) + "\n")
+
+    final = publish_folder(out / "final", write)
     try:
         from .plots import plot_training_curves
 

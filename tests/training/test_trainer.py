@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from training.__main__ import main
-from training.trainer import lr_factor
+from training.schedule import lr_factor
 
 from .conftest import (
     PYTHON,
@@ -117,7 +117,8 @@ def test_cli_train_writes_a_standard_hf_folder_with_card_metrics_and_plot(train_
         for key in ("loss", "lm_loss", "con_loss", "lr", "samples_per_s", "grad_norm"):
             assert math.isfinite(r[key]), (key, r)
         assert r["samples_per_s"] > 0
-        assert r["lr"] == pytest.approx(cfg.lr * lr_factor(r["step"] - 1, 4, cfg), rel=1e-9)
+        factor = lr_factor(r["step"] - 1, 4, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule)
+        assert r["lr"] == pytest.approx(cfg.lr * factor, rel=1e-9)
     assert_components_consistent(records, "cafe")
 
     # Checkpoints at steps 2 and 4, LATEST pointing at the last.

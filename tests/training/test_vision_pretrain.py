@@ -10,7 +10,8 @@ import pytest
 
 from cafe_core.tiny import save_tiny
 from training.config import ConfigError, load_config
-from training.vision_pretrain import LABEL_INDEX, LABELS, VisionPretrainConfig, photo_labels, pretrain_vision
+from data.world import PhotoSpec, WorldObject
+from training.vision_pretrain import LABEL_INDEX, LABEL_SETS, LABELS, VisionPretrainConfig, photo_labels, pretrain_vision
 
 from .conftest import folder_weights, max_abs_diff, read_metrics, run_cli
 
@@ -22,15 +23,27 @@ def _cfg(data, out_dir, **overrides) -> VisionPretrainConfig:
     return load_config(None, [f"{k}={v}" for k, v in values.items()], cls=VisionPretrainConfig)
 
 
+def _two_object_photo() -> PhotoSpec:
+    from datetime import datetime
+
+    objects = (WorldObject("circle", "red", "small", "left"), WorldObject("star", "blue", "large", "right"))
+    return PhotoSpec("p", objects, "gray", datetime(2020, 1, 1), 300, 200)
+
+
 def test_photo_labels_name_each_object_its_position_and_the_background():
-    photo = {"background": "gray", "objects": [
-        {"color": "red", "shape": "circle", "position": "left"},
-        {"color": "blue", "shape": "star", "position": "right"},
-    ]}
-    y = photo_labels(photo)
+    y = photo_labels(_two_object_photo())
     on = {LABELS[i] for i in y.nonzero()[0]}
     assert on == {"red circle", "red circle@left", "blue star", "blue star@right", "bg:gray"}
     assert y[LABEL_INDEX["red circle@right"]] == 0
+
+
+def test_attribute_labels_name_colors_shapes_and_sizes_apart():
+    names = LABEL_SETS["attributes"]
+    y = photo_labels(_two_object_photo(), "attributes")
+    on = {names[i] for i in y.nonzero()[0]}
+    assert on == {"color:red", "color:blue", "shape:circle", "shape:star", "red@left", "circle@left", "small@left",
+                  "blue@right", "star@right", "large@right", "bg:gray"}
+    assert not any(" " in t for t in names)  # no tag for a (color, shape) pair: nothing to memorise one by
 
 
 def test_pretrain_trains_the_tower_only_and_saves_a_loadable_model(train_data, eval_data, tmp_path):
