@@ -42,6 +42,7 @@ class TrainBatch:
     hard_rows: list = field(default_factory=list)  # samples whose hard negative text follows the captions
     hard_tags: torch.Tensor | None = None  # (H, F)
     row_images: list = field(default_factory=list)  # per sample: indices into ``images`` of its conversation's photos
+    image_token_counts: list = field(default_factory=list)  # per image: feature positions it fills
     extra: dict = field(default_factory=dict)
 
     def to(self, device, dtype=None) -> "TrainBatch":
@@ -73,19 +74,6 @@ def sample_images(sample) -> tuple[list, int | None]:
     return images, int(getattr(sample, "embed_image", 0) or 0)
 
 
-def image_token_runs(input_ids: torch.Tensor, image_token_id: int) -> list[int]:
-    """Lengths of the runs of image tokens in one tokenised row: one run per image, in order."""
-    is_image = (input_ids == image_token_id).tolist()
-    runs, n = [], 0
-    for flag in is_image + [False]:
-        if flag:
-            n += 1
-        elif n:
-            runs.append(n)
-            n = 0
-    return runs
-
-
 def collate(encoder: PromptEncoder, samples: Sequence, with_embeddings: bool = True) -> TrainBatch:
     """Collate samples (see ``sample_images``; ``.conversation`` turns, ``.caption`` str|None, optional
     ``.text_tags``/``.image_tags`` and ``.hard_caption``/``.hard_tags``) into a :class:`TrainBatch`."""
@@ -98,29 +86,31 @@ def collate(encoder: PromptEncoder, samples: Sequence, with_embeddings: bool = T
         row_images.append(list(range(len(images), len(images) + len(imgs))))
         images.extend(imgs)
     check_images(images)
-    texts = [prompts.conversation_prompt(s.conversation, n_images=n) for s, n in zip(samples, n_images)]
-    enc = encoder.encode(texts, images or None)
+    chat = encoder.chat
+    texts = [prompts.conversation_prompt(s.conversation, n_images=n, chat=chat) for s, n in zip(samples, n_images)]
+    enc, blocks = encoder.encode_with_blocks(texts, images or None)
     conv = {k: enc[k] for k in _TEXT_KEYS}
     conv["labels"] = encoder.lm_labels(conv["input_ids"], conv["attention_mask"])
     pixel = {k: v for k, v in enc.items() if k not in _TEXT_KEYS}
+    image_token_counts = [encoder.image_tokens(b) for row in blocks for b in row]
 
     embed_rows = [i for i, s in enumerate(samples) if sample_image[i] is not None and s.caption] if with_embeddings else []
     image_prompt = text_prompt = text_tags = image_tags = hard_tags = None
     hard_rows: list[int] = []
     if embed_rows:
-        # image tokens of each embed row's own image: the run of its placeholder in the conversation
-        counts = [[image_token_runs(conv["input_ids"][i], encoder.image_token_id)[embed_of[i]]] for i in embed_rows]
-        image_prompt = dict(encoder.encode_expanded([prompts.image_embedding_prompt()] * len(embed_rows), counts))
+        # The image prompt holds each embed row's own image as the conversation tokenised it.
+        own_blocks = [[blocks[i][embed_of[i]]] for i in embed_rows]
+        image_prompt = encoder.encode_spliced([prompts.image_embedding_prompt(chat)] * len(embed_rows), own_blocks)
         hard_rows = [i for i in embed_rows if getattr(samples[i], "hard_caption", None)]
         texts = [samples[i].caption for i in embed_rows] + [samples[i].hard_caption for i in hard_rows]
-        text_prompt = dict(encoder.encode([prompts.text_embedding_prompt(t) for t in texts]))
+        text_prompt = dict(encoder.encode([prompts.text_embedding_prompt(t, chat) for t in texts]))
         if all(getattr(samples[i], "text_tags", None) is not None for i in embed_rows):
             text_tags = torch.stack([torch.as_tensor(samples[i].text_tags) for i in embed_rows])
             image_tags = torch.stack([torch.as_tensor(samples[i].image_tags) for i in embed_rows])
             if hard_rows:
                 hard_tags = torch.stack([torch.as_tensor(samples[i].hard_tags) for i in hard_rows])
     return TrainBatch(conv, pixel, images, sample_image, embed_rows, image_prompt, text_prompt, text_tags, image_tags,
-                      hard_rows, hard_tags, row_images)
+                      hard_rows, hard_tags, row_images, image_token_counts)
 
 
 @dataclass
@@ -175,7 +165,23 @@ def length_buckets(lengths: Sequence[int], ratio: float = LENGTH_BUCKET_RATIO) -
     return buckets
 
 
-def conversation_lm_loss(model, batch: TrainBatch, image_out=None) -> torch.Tensor:
+def image_features(image_out, batch: TrainBatch) -> list[torch.Tensor]:
+    """Per image of the batch (in ``batch.images`` order), the (positions, D) features the language model
+    reads where that image's tokens are. Families return them per image (LLaVA) or per sample (Idefics3);
+    either way they come in the order the images' tokens appear, so one split by token counts serves all."""
+    flat = torch.cat([f.reshape(-1, f.shape[-1]) for f in image_out.pooler_output])
+    if flat.shape[0] != sum(batch.image_token_counts):
+        raise ValueError(f"the vision encoder gave {flat.shape[0]} feature positions for "
+                         f"{sum(batch.image_token_counts)} image tokens")
+    return list(torch.split(flat, batch.image_token_counts))
+
+
+def _features(per_image: list[torch.Tensor], indices) -> dict | None:
+    picked = [per_image[j] for j in indices]
+    return {"image": BaseModelOutputWithPooling(pooler_output=picked)} if picked else None
+
+
+def conversation_lm_loss(model, batch: TrainBatch, per_image: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The conversations' LM loss (mean over supervised tokens), one language-model pass per length
     bucket, each given its rows' precomputed image features."""
     base = multimodal_base(model)
@@ -186,17 +192,14 @@ def conversation_lm_loss(model, batch: TrainBatch, image_out=None) -> torch.Tens
     for rows in length_buckets(lengths):
         t = max(lengths[r] for r in rows)  # right padding: every real token is in [0, t)
         idx = torch.tensor(rows, device=ids.device)
-        mm = None
-        if image_out is not None:
-            feats = image_out.pooler_output
-            picked = [feats[j] for r in rows for j in batch.row_images[r]]  # in the order the rows show them
-            mm = {"image": BaseModelOutputWithPooling(pooler_output=picked)} if picked else None
+        mm = _features(per_image, [j for r in rows for j in batch.row_images[r]]) if per_image else None
         hidden = base(input_ids=ids[idx, :t], attention_mask=mask[idx, :t], mm_encoder_outputs=mm).last_hidden_state
         loss = loss + supervised_lm_loss(model, hidden, labels[idx, :t], reduction="sum")
     return loss / total
 
 
 def _split_texts(txt: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The text pass's rows: the captions', then the hard negatives' (see TrainBatch.text_prompt)."""
     e = len(batch.embed_rows)
     return txt[:e], (txt[e:] if batch.hard_rows else None)
 
@@ -204,16 +207,15 @@ def _split_texts(txt: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, to
 def shared_forward(model, batch: TrainBatch, need_lm: bool = True, need_embeddings: bool = True) -> ForwardOutput:
     """Vision tower + projector once per image; features reused by the LM pass and the image-embedding pass."""
     base = multimodal_base(model)
-    image_out = None
+    per_image = None
     if batch.images:
-        image_out = base.get_image_features(**batch.pixel, return_dict=True)
+        per_image = image_features(base.get_image_features(**batch.pixel, return_dict=True), batch)
     lm = img = txt = hard = None
     if need_lm:
-        lm = conversation_lm_loss(model, batch, image_out)
+        lm = conversation_lm_loss(model, batch, per_image)
     if need_embeddings and batch.embed_rows:
-        feats = image_out.pooler_output
-        subset = BaseModelOutputWithPooling(pooler_output=[feats[batch.sample_image[i]] for i in batch.embed_rows])
-        h = base(**batch.image_prompt, mm_encoder_outputs={"image": subset}).last_hidden_state
+        subset = _features(per_image, [batch.sample_image[i] for i in batch.embed_rows])
+        h = base(**batch.image_prompt, mm_encoder_outputs=subset).last_hidden_state
         img = pool_last_token(h, batch.image_prompt["attention_mask"])
         h = base(**batch.text_prompt).last_hidden_state
         txt, hard = _split_texts(pool_last_token(h, batch.text_prompt["attention_mask"]), batch)
@@ -232,7 +234,8 @@ def naive_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: boo
         lm = model(**batch.conv, **batch.pixel).loss
     if need_embeddings and batch.embed_rows:
         images = [batch.images[batch.sample_image[i]] for i in batch.embed_rows]
-        enc = encoder.encode([prompts.image_embedding_prompt()] * len(images), images, device=device, dtype=dtype)
+        enc = encoder.encode([prompts.image_embedding_prompt(encoder.chat)] * len(images), images, device=device,
+                             dtype=dtype)
         img = pool_last_token(base(**enc).last_hidden_state, enc["attention_mask"])
         h = base(**batch.text_prompt).last_hidden_state
         txt, hard = _split_texts(pool_last_token(h, batch.text_prompt["attention_mask"]), batch)

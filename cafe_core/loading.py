@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .family import family_for
 
 TINY_PREFIX = "tiny:"
 QUANTIZATIONS = (None, "8bit", "4bit")
@@ -69,13 +70,15 @@ def load_model_and_processor(
     dtype: str | torch.dtype | None = "auto",
     quantization: str | None = None,
     skip_quantization: list[str] | None = None,
+    projector_full_precision: bool = False,
 ):
     """Load any ``AutoModelForImageTextToText`` checkpoint with its ``AutoProcessor``.
 
     ``name_or_path`` is a Hugging Face hub id, a local folder, or ``tiny:<preset>`` (built from config by
     :mod:`cafe_core.tiny`, random weights). Returns ``(model, processor)`` with the model in eval mode.
     ``skip_quantization``: module names kept in full precision when quantizing (replaces transformers'
-    default list, so include ``lm_head``); QLoRA training keeps the projector trainable this way.
+    default list, so include ``lm_head``). ``projector_full_precision``: keep the family's projector and
+    ``lm_head`` unquantized (QLoRA training trains the projector fully; 4-bit weights take no gradients).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
@@ -117,6 +120,9 @@ def load_model_and_processor(
             f"'{name}' is a '{config.model_type}' checkpoint, not an image-text-to-text model; CAFe needs a "
             "vision-language model such as llava-hf/llava-onevision-qwen2-0.5b-si-hf"
         )
+    family = family_for(config)  # a clear error for a family CAFe cannot prompt yet, before loading weights
+    if quantization and projector_full_precision and skip_quantization is None:
+        qconfig = _quantization_config(quantization, torch_dtype, family.full_precision_modules)
 
     kwargs = {"dtype": torch_dtype}
     if qconfig is not None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from . import prompts
 from .errors import InputError
+from .family import family_for
 from .forward import multimodal_base
 from .inputs import PromptEncoder, check_images
 from .loading import load_model_and_processor
@@ -78,7 +79,9 @@ class CafeModel:
     def __init__(self, model, processor, name: str = "<in-memory>", batch_size: int = 8):
         self.model = model.eval()
         self.processor = processor
-        self.encoder = PromptEncoder(processor)
+        self.family = family_for(model.config)
+        self.encoder = PromptEncoder(processor, self.family)
+        self.chat = self.encoder.chat
         self.tokenizer = self.encoder.tokenizer
         self.name = name
         self.batch_size = batch_size
@@ -142,7 +145,7 @@ class CafeModel:
         images = check_images(images)
         if not images:
             raise InputError("embed_images needs at least one image")
-        texts = [prompts.image_embedding_prompt()] * len(images)
+        texts = [prompts.image_embedding_prompt(self.chat)] * len(images)
         return self._embed_prompts(texts, images, batch_size, progress, "embedding images")
 
     def embed_texts(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
@@ -153,7 +156,8 @@ class CafeModel:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"text {i} is empty; give a non-empty string")
-        return self._embed_prompts([prompts.text_embedding_prompt(t) for t in texts], None, batch_size, progress, "embedding texts")
+        texts = [prompts.text_embedding_prompt(t, self.chat) for t in texts]
+        return self._embed_prompts(texts, None, batch_size, progress, "embedding texts")
 
     def embed_multimodal(
         self, images: Sequence[Image.Image], texts: Sequence[str], batch_size: int | None = None, progress: bool = False
@@ -164,7 +168,7 @@ class CafeModel:
             raise InputError("embed_multimodal needs at least one (image, text) pair")
         if len(images) != len(texts):
             raise InputError(f"embed_multimodal got {len(images)} images but {len(texts)} texts")
-        prompts_ = [prompts.multimodal_embedding_prompt(t) for t in texts]
+        prompts_ = [prompts.multimodal_embedding_prompt(t, self.chat) for t in texts]
         return self._embed_prompts(prompts_, images, batch_size, progress, "embedding image+text")
 
     # ------------------------------------------------------------------ scoring
@@ -183,7 +187,7 @@ class CafeModel:
         images = check_images(images)
         if not images:
             raise InputError("reply_logprob needs at least one image")
-        prompt = prompts.generation_prompt(question, 1)
+        prompt = prompts.generation_prompt(question, 1, chat=self.chat)
         head = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         full = self.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]
         if full[: len(head)] != head:  # a token spanning the prompt/reply boundary: cannot split the score
@@ -213,14 +217,14 @@ class CafeModel:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty")
         images = check_images(images)
-        prompt = prompts.generation_prompt(question, len(images), history)
+        prompt = prompts.generation_prompt(question, len(images), history, chat=self.chat)
         return self.encoder.encode([prompt], images or None, device=self.device, dtype=self.dtype)
 
     def _generate_kwargs(self, max_new_tokens, do_sample, temperature, top_p, top_k) -> dict:
         kw = {
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,
-            "eos_token_id": self.encoder.im_end_id,
+            "eos_token_id": self.encoder.end_id,
             "pad_token_id": self.encoder.pad_id,
         }
         if do_sample:

@@ -10,7 +10,7 @@ fingerprint and so invalidates indexes built with the old prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 PROMPT_VERSION = "cafe-prompts-v1"
 
@@ -27,28 +27,16 @@ IMAGE_PLACEHOLDER = "<image>"  # the neutral placeholder our callers write; repl
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 
-# Qwen2-style ChatML chat template stored with tiny tokenizers so that plain transformers renders the
-# same conversation format that `render_chat` produces.
-CHATML_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n" + SYSTEM_PROMPT + "<|im_end|>\\n' }}{% endif %}"
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 
 @dataclass(frozen=True)
 class Turn:
-    """One chat turn; ``role`` is "user" or "assistant"."""
+    """One chat turn; ``role`` is "system", "user" or "assistant"."""
 
     role: str
     content: str
 
 
-def _as_turn(t) -> Turn:
+def as_turn(t) -> Turn:
     if isinstance(t, Turn):
         return t
     if isinstance(t, dict):
@@ -56,62 +44,152 @@ def _as_turn(t) -> Turn:
     return Turn(t.role, t.content)  # duck-typed (e.g. data.formats.Turn)
 
 
-def render_chat(turns: Iterable, system: str = SYSTEM_PROMPT, add_generation_prompt: bool = False) -> str:
-    """Render turns in ChatML (Qwen2's format), system prompt first, each turn closed by ``<|im_end|>\\n``."""
-    parts = [f"{IM_START}system\n{system}{IM_END}\n"]
-    for t in map(_as_turn, turns):
-        if t.role not in ("user", "assistant"):
-            raise ValueError(f"unknown chat role {t.role!r}")
-        parts.append(f"{IM_START}{t.role}\n{t.content}{IM_END}\n")
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a model family writes a conversation as text (cafe_core.family picks one per checkpoint).
+
+    begin: text before the first turn; header(role, content): text opening a turn; end: the
+    end-of-turn token closing every turn (generation stops there; embeddings pool it); after_end: text
+    between turns; default_system: the system prompt the family's own template puts first (None: none).
+    template: the same format as a Jinja chat template, for tokenizers built here. image_sep: text after
+    an image placeholder that opens a turn.
+    """
+
+    name: str
+    begin: str
+    header: Callable[[str, str], str]
+    end: str
+    after_end: str
+    default_system: str | None
+    template: str
+    image_sep: str = "\n"  # written after each image placeholder that opens a turn
+
+    def render(self, turns: Iterable, system: str | None | bool = True, add_generation_prompt: bool = False) -> str:
+        """Turns as one string. system: True for the family's default system prompt, a string for that
+        one, None/False for none."""
+        turns = [as_turn(t) for t in turns]
+        if system is True:
+            system = self.default_system
+        if system:
+            turns = [Turn("system", system), *turns]
+        parts = [self.begin]
+        for t in turns:
+            if t.role not in ("system", "user", "assistant"):
+                raise ValueError(f"unknown chat role {t.role!r}")
+            parts.append(f"{self.header(t.role, t.content)}{t.content}{self.end}{self.after_end}")
+        if add_generation_prompt:
+            parts.append(self.generation_header)
+        return "".join(parts)
+
+    @property
+    def generation_header(self) -> str:
+        """The text that opens the assistant's answer (LM labels start after it)."""
+        return self.header("assistant", "")
 
 
-def with_images(text: str, n_images: int) -> str:
+def _chatml_header(role: str, content: str) -> str:
+    return f"{IM_START}{role}\n"
+
+
+def _smolvlm_header(role: str, content: str) -> str:
+    # SmolVLM's template: "User:<image>..." when the turn opens with an image, "User: ..." otherwise;
+    # an empty turn (the generation prompt, CAFe's empty assistant turn) is "Assistant:".
+    tight = not content or content.startswith(IMAGE_PLACEHOLDER)
+    return role.capitalize() + (":" if tight else ": ")
+
+
+# Qwen2's ChatML (LLaVA-OneVision): the system prompt first, every turn "<|im_start|>role\n...<|im_end|>\n".
+CHATML = ChatFormat(
+    name="chatml",
+    begin="",
+    header=_chatml_header,
+    end=IM_END,
+    after_end="\n",
+    default_system=SYSTEM_PROMPT,
+    template=(
+        "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n" + SYSTEM_PROMPT + "<|im_end|>\\n' }}{% endif %}"
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\\n' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+)
+
+# SmolVLM / Idefics3 (HuggingFaceTB/SmolVLM-*-Instruct's template): "<|im_start|>User:<image>...<end_of_utterance>\n
+# Assistant: ...<end_of_utterance>\n", no system prompt of its own.
+SMOLVLM = ChatFormat(
+    name="smolvlm",
+    begin=IM_START,
+    header=_smolvlm_header,
+    end="<end_of_utterance>",
+    after_end="\n",
+    default_system=None,
+    image_sep="",
+    template=(
+        "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+        "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+        "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+        "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+    ),
+)
+
+CHATML_TEMPLATE = CHATML.template  # what tiny ChatML tokenizers store, so plain transformers renders the same
+
+
+def render_chat(turns: Iterable, system: str | None | bool = True, add_generation_prompt: bool = False,
+                chat: ChatFormat = CHATML) -> str:
+    """Render turns in ``chat`` (default ChatML: system prompt first, each turn closed by ``<|im_end|>\\n``)."""
+    return chat.render(turns, system, add_generation_prompt)
+
+
+def with_images(text: str, n_images: int, chat: ChatFormat = CHATML) -> str:
     """User content with ``n_images`` placeholders: kept where the caller placed them, else prepended."""
     found = text.count(IMAGE_PLACEHOLDER)
     if found == n_images:
         return text
     if found:
         raise ValueError(f"text has {found} {IMAGE_PLACEHOLDER} placeholders but {n_images} images were given")
-    return f"{IMAGE_PLACEHOLDER}\n" * n_images + text
+    return f"{IMAGE_PLACEHOLDER}{chat.image_sep}" * n_images + text
 
 
-def _embedding_prompt(user_content: str) -> str:
-    # The assistant turn is opened and closed empty; the pooled token is that closing <|im_end|>, so
-    # the rendering ends right there (no trailing newline).
-    return render_chat([Turn("user", user_content), Turn("assistant", "")]).rstrip("\n")
+def _embedding_prompt(user_content: str, chat: ChatFormat) -> str:
+    # The assistant turn is opened and closed empty; the pooled token is that closing end-of-turn
+    # token, so the rendering ends right there.
+    text = chat.render([Turn("user", user_content), Turn("assistant", "")])
+    return text[: len(text) - len(chat.after_end)] if chat.after_end and text.endswith(chat.after_end) else text
 
 
-def image_embedding_prompt() -> str:
-    """``<|im_start|>system…<|im_start|>user\\n<image>\\nCompress this image in one word:<|im_end|>\\n<|im_start|>assistant\\n<|im_end|>``."""
-    return _embedding_prompt(f"{IMAGE_PLACEHOLDER}\n{IMAGE_EMBED_INSTRUCTION}")
+def image_embedding_prompt(chat: ChatFormat = CHATML) -> str:
+    """ChatML: ``<|im_start|>system…<|im_start|>user\\n<image>\\nCompress this image in one word:<|im_end|>\\n<|im_start|>assistant\\n<|im_end|>``."""
+    return _embedding_prompt(f"{IMAGE_PLACEHOLDER}{chat.image_sep}{IMAGE_EMBED_INSTRUCTION}", chat)
 
 
-def text_embedding_prompt(text: str) -> str:
+def text_embedding_prompt(text: str, chat: ChatFormat = CHATML) -> str:
     """Text embedding prompt: user content is ``{text}Compress this sentence in one word:`` (no separator)."""
-    return _embedding_prompt(f"{text}{TEXT_EMBED_INSTRUCTION}")
+    return _embedding_prompt(f"{text}{TEXT_EMBED_INSTRUCTION}", chat)
 
 
-def multimodal_embedding_prompt(text: str) -> str:
+def multimodal_embedding_prompt(text: str, chat: ChatFormat = CHATML) -> str:
     """Composed query (image + text) prompt: the task instruction instead of the "Compress" suffix."""
-    return _embedding_prompt(f"{IMAGE_PLACEHOLDER}\n{MULTIMODAL_EMBED_INSTRUCTION}{text}")
+    return _embedding_prompt(f"{IMAGE_PLACEHOLDER}{chat.image_sep}{MULTIMODAL_EMBED_INSTRUCTION}{text}", chat)
 
 
-def conversation_prompt(turns: Sequence, n_images: int = 1) -> str:
+def conversation_prompt(turns: Sequence, n_images: int = 1, chat: ChatFormat = CHATML) -> str:
     """A training conversation: the first user turn carries the image placeholders."""
-    turns = [_as_turn(t) for t in turns]
+    turns = [as_turn(t) for t in turns]
     if not turns or turns[0].role != "user":
         raise ValueError("a conversation must start with a user turn")
-    first = Turn("user", with_images(turns[0].content, n_images))
-    return render_chat([first, *turns[1:]])
+    first = Turn("user", with_images(turns[0].content, n_images, chat))
+    return chat.render([first, *turns[1:]])
 
 
-def generation_prompt(question: str, n_images: int = 0, history: Sequence = ()) -> str:
+def generation_prompt(question: str, n_images: int = 0, history: Sequence = (), chat: ChatFormat = CHATML) -> str:
     """A prompt that asks the model to answer ``question`` about ``n_images`` images."""
-    turns = [_as_turn(t) for t in history]
-    return render_chat([*turns, Turn("user", with_images(question, n_images))], add_generation_prompt=True)
+    turns = [as_turn(t) for t in history]
+    return chat.render([*turns, Turn("user", with_images(question, n_images, chat))], add_generation_prompt=True)
 
 
 # Grounded answers (app.answer, and the training recipe that teaches them): each retrieved photo is
@@ -145,4 +223,3 @@ def describe_parts(parts: Sequence[str]) -> str:
     return PARTS_DESCRIPTION.format(parts=joined)
 
 
-ASSISTANT_HEADER = f"{IM_START}assistant\n"  # tokens before each assistant answer (masked in the LM loss)

@@ -18,6 +18,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from . import prompts
 
 SPECIAL_TOKENS = ["<|endoftext|>", prompts.IM_START, prompts.IM_END, "<image>", "<video>"]
+# SmolVLM's tokenizer adds these (Idefics3's processor frames each image tile with them).
+IDEFICS3_TOKENS = [prompts.SMOLVLM.end, "<fake_token_around_image>", "<global-img>"] + [
+    f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)
+]
 
 # Qwen2's pre-tokenizer split, so the tiny tokenizer behaves like the real one on text.
 _QWEN_SPLIT = (
@@ -66,8 +70,9 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def build_tokenizer(vocab_size: int = 600):
-    """A Qwen2Tokenizer over a byte-level BPE trained here, with ChatML special tokens and chat template."""
+def build_tokenizer(vocab_size: int = 600, chat: prompts.ChatFormat = prompts.CHATML, extra_special: list[str] = ()):
+    """A Qwen2Tokenizer over a byte-level BPE trained here, with ChatML special tokens (plus
+    ``extra_special``) and ``chat``'s template."""
     import json
 
     from transformers import Qwen2Tokenizer
@@ -75,8 +80,8 @@ def build_tokenizer(vocab_size: int = 600):
     trained = json.loads(_train_tokenizer(vocab_size).to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
     tok = Qwen2Tokenizer(vocab=trained["vocab"], merges=merges)
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
-    tok.chat_template = prompts.CHATML_TEMPLATE
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + list(extra_special)})
+    tok.chat_template = chat.template
     return tok
 
 
@@ -84,7 +89,7 @@ def build_tokenizer(vocab_size: int = 600):
 class TinyPreset:
     """Sizes of a tiny model; the defaults give a ~1M-parameter model that runs fast on CPU."""
 
-    arch: str  # "llava" or "llava-onevision"
+    arch: str  # "llava", "llava-onevision" or "idefics3" (SmolVLM)
     image_size: int = 64
     patch_size: int = 16
     vision_hidden: int = 64
@@ -103,6 +108,10 @@ class TinyPreset:
 PRESETS: dict[str, TinyPreset] = {
     "llava": TinyPreset("llava"),
     "llava-onevision": TinyPreset("llava-onevision", image_size=32, patch_size=8),
+    # SmolVLM's architecture (Idefics3: SigLIP tower, pixel shuffle by 2, Llama language model, SmolVLM
+    # chat format): 32 px tiles of patch 8 -> 16 patches -> 4 image tokens per tile; photos larger than one
+    # tile are split into up to 2x2 tiles plus a downscaled global view, as SmolVLM does at 512 px.
+    "smolvlm": TinyPreset("idefics3", image_size=32, patch_size=8, extra={"scale_factor": 2, "max_tiles_side": 2}),
     # The shipped demo model's architecture (plain LLaVA: a fixed 12x12 grid of 144 image tokens at 96 px).
     # Patch 8 rather than 12: with the same vision tower, a shape/colour probe trained 400 steps from
     # scratch got 26% of photos' object sets exactly right at 144 tokens vs 10% at 64 tokens (64 px /
@@ -157,6 +166,8 @@ def build_tiny(preset: str | TinyPreset = "llava", seed: int = 0):
     )
 
     p = PRESETS[preset] if isinstance(preset, str) else preset
+    if p.arch == "idefics3":
+        return _build_idefics3(p, seed)
     tokenizer = build_tokenizer(p.vocab_size)
     vocab_size = len(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -195,6 +206,41 @@ def build_tiny(preset: str | TinyPreset = "llava", seed: int = 0):
     else:
         raise ValueError(f"unknown tiny architecture {p.arch!r}")
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(prompts.IM_END)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), processor
+
+
+def _build_idefics3(p: TinyPreset, seed: int):
+    """A tiny Idefics3ForConditionalGeneration (SmolVLM's classes) with its processor."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+
+    tokenizer = build_tokenizer(p.vocab_size, prompts.SMOLVLM, IDEFICS3_TOKENS)
+    scale = int(p.extra.get("scale_factor", 2))
+    s = p.image_size
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=p.text_hidden, intermediate_size=p.text_intermediate,
+        num_hidden_layers=p.text_layers, num_attention_heads=p.text_heads, num_key_value_heads=p.text_kv_heads,
+        max_position_embeddings=2048, tie_word_embeddings=p.tie_embeddings, rope_theta=10000.0,
+    )
+    vision = {"hidden_size": p.vision_hidden, "intermediate_size": p.vision_hidden * 4,
+              "num_hidden_layers": p.vision_layers, "num_attention_heads": p.vision_heads,
+              "image_size": s, "patch_size": p.patch_size}
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=scale,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=p.tie_embeddings)
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config)
+    tiles = int(p.extra.get("max_tiles_side", 2))
+    image_processor = Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": s * tiles},
+                                             max_image_size={"longest_edge": s})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=(s // p.patch_size) ** 2 // scale**2, chat_template=prompts.SMOLVLM.template)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(prompts.SMOLVLM.end)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), processor
 

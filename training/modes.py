@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from cafe_core.family import Family
+
 from .config import TrainConfig
 
-LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-VISION_LORA_TARGETS = r".*vision_tower.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
-# QLoRA keeps these in full precision: the projector trains fully (4-bit weights cannot take gradients),
-# lm_head stays unquantized as in transformers' default skip list (which an explicit list replaces).
-QLORA_FULL_PRECISION = [r".*multi_modal_projector", "lm_head"]  # transformers matches from the start or as a suffix
+# Module names (LoRA targets, the projector, the vision tower) come from the model's family
+# (cafe_core.family): LLaVA's `language_model` is Idefics3's `text_model`, and so on.
 
 
 class ModeUnavailable(RuntimeError):
@@ -51,7 +50,7 @@ def preflight(cfg: TrainConfig, device: torch.device, world: int = 1) -> None:
         raise ModeUnavailable(f"{what} cannot run on {device.type} with this bitsandbytes build: {e}") from e
 
 
-def apply_mode(model, cfg: TrainConfig):
+def apply_mode(model, cfg: TrainConfig, family: Family):
     """Full fine-tune: every parameter trains. LoRA/QLoRA: adapters on the LM (and optionally the vision
     tower); the projector trains fully. Returns the (possibly peft-wrapped) model."""
     if cfg.mode == "full":
@@ -62,9 +61,10 @@ def apply_mode(model, cfg: TrainConfig):
 
     if cfg.mode == "qlora":
         model = prepare_quantized(model, cfg)
-    target = LM_LORA_TARGETS if not cfg.lora_vision else f"({LM_LORA_TARGETS})|({VISION_LORA_TARGETS})"
+    lm, vision = family.lora_targets, family.vision_lora_targets
+    target = lm if not cfg.lora_vision else f"({lm})|({vision})"
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target, modules_to_save=["multi_modal_projector"])
+                      target_modules=target, modules_to_save=[family.projector_module])
     return get_peft_model(model, lora)
 
 
@@ -75,13 +75,13 @@ def prepare_quantized(model, cfg: TrainConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing)
 
 
-def param_groups(model, cfg: TrainConfig) -> list[dict]:
+def param_groups(model, cfg: TrainConfig, family: Family) -> list[dict]:
     """Two groups: the vision tower at ``vision_lr``, everything else at ``lr`` (trainable params only)."""
     vision, rest = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (vision if "vision_tower" in name else rest).append(p)
+        (vision if family.is_vision_parameter(name) else rest).append(p)
     groups = [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "main"}]
     if vision:
         groups.append({"params": vision, "lr": cfg.vision_lr, "weight_decay": cfg.weight_decay, "name": "vision"})

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 
+from cafe_core.family import family_for
 from cafe_core.forward import collate, naive_forward, shared_forward, tree_forward
 from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
 from cafe_core.loading import load_model_and_processor, resolve_device
@@ -33,7 +34,7 @@ from . import parallel
 from .checkpoint import latest_checkpoint, publish_folder, rng_state, save_checkpoint, set_rng_state, truncate_metrics
 from .schedule import lr_factor
 from .config import ConfigError, TrainConfig
-from .modes import QLORA_FULL_PRECISION, apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
+from .modes import apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
 
 log = logging.getLogger("training")
 
@@ -147,7 +148,8 @@ class Trainer:
             model_source = str(start / "model")
         quant = "4bit" if cfg.mode == "qlora" else None
         model, self.processor = load_model_and_processor(model_source, self.device, "float32", quant,
-                                                         QLORA_FULL_PRECISION if quant else None)
+                                                         projector_full_precision=True)
+        self.family = family_for(model.config)
         if start is not None and cfg.mode != "full":
             from peft import PeftModel
 
@@ -155,18 +157,18 @@ class Trainer:
                 model = prepare_quantized(model, cfg)
             self.model = PeftModel.from_pretrained(model, str(start / "model"), is_trainable=True)
         else:
-            self.model = apply_mode(model, cfg)
+            self.model = apply_mode(model, cfg, self.family)
         self.model.train()
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.encoder = PromptEncoder(self.processor)
+        self.encoder = PromptEncoder(self.processor, self.family)
         self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
                                 gather_with_grad=cfg.gather_with_grad, hard_negatives=cfg.p_hard > 0)
         self.step_module = parallel.wrap(
             TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm, self.loss_fn.needs_embeddings),
             cfg.distributed, self.world, self.device, getattr(self.model, "_no_split_modules", None))
         self.fsdp = parallel.is_fsdp(self.step_module)
-        self.optimizer = make_optimizer(param_groups(self.model, cfg), cfg)
+        self.optimizer = make_optimizer(param_groups(self.model, cfg, self.family), cfg)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(self.dataset) // per_step))

@@ -34,6 +34,8 @@ from data.synth import GROUND_TRUTH_FILE, read_album
 from data.vocab import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
 from data.world import PhotoSpec
 
+from cafe_core.family import LLAVA, family_for
+
 from .checkpoint import publish_folder, truncate_metrics
 from .config import ConfigError
 from .schedule import lr_factor
@@ -129,10 +131,11 @@ def load_tagged_photos(folder: str | Path, processor, max_side: int, limit: int 
 
 
 def vision_tower(model) -> torch.nn.Module:
-    tower = getattr(getattr(model, "model", model), "vision_tower", None)
-    if tower is None:
-        raise ConfigError(f"{type(model).__name__} has no vision_tower to pretrain")
-    return tower
+    """The LLaVA-family tower (pretrain-vision feeds it the processor's fixed-size pixels, one crop a photo)."""
+    family = family_for(model.config)
+    if family is not LLAVA:
+        raise ConfigError(f"pretrain-vision trains LLaVA-family towers; {type(model).__name__} is a {family.name} model")
+    return family.vision_encoder(model)
 
 
 class TaggingProbe(torch.nn.Module):

@@ -19,7 +19,7 @@ from PIL import Image  # noqa: E402
 from cafe_core import CafeModel  # noqa: E402
 from cafe_core.tiny import save_tiny  # noqa: E402
 
-ARCHS = ("llava", "llava-onevision")
+ARCHS = ("llava", "llava-onevision", "smolvlm")
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,13 @@ vision tower run once per image instead of twice."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from cafe_core.family import family_for
 from cafe_core.forward import _tree_layout, collate, naive_forward, shared_forward, tree_forward
 from cafe_core.inputs import IGNORE_INDEX, PromptEncoder
 from cafe_core.loading import load_model_and_processor
@@ -86,22 +88,23 @@ def test_shared_equals_naive_losses_and_embeddings(trainable, arch):
 
 
 class _RowCounter:
-    """Counts calls and input rows (images / anyres tiles) of the vision tower through a forward hook."""
+    """Counts calls and input rows (images / tiles) of the vision tower through a forward hook."""
 
     def __init__(self, module):
         self.calls, self.rows = 0, 0
-        self.handle = module.register_forward_hook(self)
+        self.handle = module.register_forward_hook(self, with_kwargs=True)
 
-    def __call__(self, module, args, output):
+    def __call__(self, module, args, kwargs, output):
+        pixels = args[0] if args else kwargs["pixel_values"]
         self.calls += 1
-        self.rows += args[0].shape[0]
+        self.rows += pixels.shape[0]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_vision_tower_runs_once_per_image(trainable, arch):
     model, enc = trainable[arch]
     samples = _samples(images_only=True)  # every sample has an image and a caption
-    tower = model.model.vision_tower
+    tower = family_for(model.config).vision_encoder(model)
     # Rows of one pass over these images, measured one image at a time.
     per_image = 0
     for s in samples:
@@ -127,7 +130,7 @@ def test_vision_tower_runs_once_per_image(trainable, arch):
         tree_forward(model, batch, enc)
         counter.handle.remove()
     assert (counter.calls, counter.rows) == (1, per_image)
-    if arch == "llava-onevision":  # anyres: tiles, not just one row per image
+    if arch != "llava":  # anyres / image splitting: tiles, not just one row per image
         assert per_image > len(samples)
 
 
@@ -137,16 +140,17 @@ def test_shared_equals_naive_gradients(trainable, arch):
     batch = collate(enc, _samples())
     loss_fn = CafeLoss("cafe")
     params = dict(model.named_parameters())
-    # Vision tower (its module path differs between the two architectures), projector, LM, embeddings.
-    suffixes = [
-        "embeddings.patch_embedding.weight",
-        "encoder.layers.0.self_attn.q_proj.weight",
-        "multi_modal_projector.linear_1.weight",
-        "language_model.layers.0.self_attn.q_proj.weight",
-        "language_model.layers.1.mlp.down_proj.weight",
-        "language_model.embed_tokens.weight",
+    # Vision tower, projector, LM, embeddings (module names from the family).
+    family = family_for(model.config)
+    patterns = [
+        rf"{family.vision_module}\..*embeddings.patch_embedding.weight$",
+        rf"{family.vision_module}\..*encoder.layers.0.self_attn.q_proj.weight$",
+        rf"{family.projector_module}\..*weight$",
+        rf"{family.language_module}.layers.0.self_attn.q_proj.weight$",
+        rf"{family.language_module}.layers.1.mlp.down_proj.weight$",
+        rf"{family.language_module}.embed_tokens.weight$",
     ]
-    names = [next(n for n in params if n.endswith(sfx)) for sfx in suffixes]
+    names = [next(n for n in params if re.search(p, n)) for p in patterns]
     grads = {}
     forwards = {"shared": lambda: shared_forward(model, batch), "naive": lambda: naive_forward(model, batch, enc),
                 "tree": lambda: tree_forward(model, batch, enc)}

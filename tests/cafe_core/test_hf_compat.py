@@ -22,8 +22,8 @@ import numpy as np, torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-prompt, results = sys.argv[1], {}
-for folder in sys.argv[2:]:
+results = {}
+for folder, prompt in zip(sys.argv[1::2], sys.argv[2::2]):
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(folder)
     image = Image.fromarray(np.random.RandomState(5).randint(0, 256, (40, 90, 3), dtype=np.uint8), "RGB")
@@ -41,13 +41,13 @@ print(json.dumps({"results": results, "ours": ours}))
 
 
 @pytest.fixture(scope="module")
-def plain_hf(tiny_dirs, tmp_path_factory) -> dict:
-    """Run PLAIN_HF_SCRIPT once over both saved folders (one interpreter start-up)."""
+def plain_hf(tiny_dirs, cafe_models, tmp_path_factory) -> dict:
+    """Run PLAIN_HF_SCRIPT once over every saved folder (one interpreter start-up)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TRANSFORMERS_OFFLINE="1")
-    folders = [str(tiny_dirs[a]) for a in ARCHS]
+    args = [x for a in ARCHS for x in (str(tiny_dirs[a]), prompts.image_embedding_prompt(cafe_models[a].chat))]
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", PLAIN_HF_SCRIPT, prompts.image_embedding_prompt(), *folders],
+        [sys.executable, "-I", "-c", PLAIN_HF_SCRIPT, *args],
         cwd=tmp_path_factory.mktemp("neutral_cwd"), env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,11 +62,12 @@ def test_plain_process_imported_none_of_our_code(plain_hf):
 def test_saved_folder_loads_with_plain_transformers(plain_hf, tiny_dirs, cafe_models, arch):
     out = plain_hf["results"][str(tiny_dirs[arch])]
     expected_class = {"llava": "LlavaForConditionalGeneration",
-                      "llava-onevision": "LlavaOnevisionForConditionalGeneration"}[arch]
+                      "llava-onevision": "LlavaOnevisionForConditionalGeneration",
+                      "smolvlm": "Idefics3ForConditionalGeneration"}[arch]
     assert out["class"] == expected_class
     assert 1 <= out["new_tokens"] <= 3
-    # The stored chat template renders the same ChatML our prompts use.
-    assert out["chat"] == prompts.generation_prompt("hi", n_images=1)
+    # The stored chat template renders the same conversation format our prompts use.
+    assert out["chat"] == prompts.generation_prompt("hi", n_images=1, chat=cafe_models[arch].chat)
     # Plain transformers + the CAFe pooling rule = CafeModel.embed_images.
     ours = cafe_models[arch].embed_images([noise_image(5, 90, 40)])[0]
     assert np.abs(np.asarray(out["emb"], dtype=np.float32) - ours).max() < 1e-5

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cafe_core import CafeModel, prompts
+from cafe_core.family import family_for
 from cafe_core.tiny import build_tiny
 
 from .conftest import ARCHS, noise_image
@@ -118,13 +119,14 @@ def test_perturbed_weight_changes_fingerprint(cafe_models, arch):
     assert reference == base.fingerprint
     with torch.no_grad():
         # A fine-tune-like change of one weight matrix in the last language layer.
-        w = model.model.language_model.layers[-1].mlp.down_proj.weight
+        lm = getattr(model.model, family_for(model.config).language_module)
+        w = lm.layers[-1].mlp.down_proj.weight
         w.add_(0.01 * torch.randn_like(w))
     assert CafeModel(model, processor).fingerprint != reference
     # A single changed value in a small tensor (every element of small tensors is hashed).
     model2, processor2 = build_tiny(arch, seed=0)
     with torch.no_grad():
-        model2.model.language_model.norm.weight[3] += 0.5
+        getattr(model2.model, family_for(model2.config).language_module).norm.weight[3] += 0.5
     assert CafeModel(model2, processor2).fingerprint != reference
 
 
@@ -165,7 +167,7 @@ def test_reply_logprob_matches_the_logits_and_is_batch_invariant(cafe_models, mi
     assert len(batched) == len(mixed_images) and all(s < 0 for s in single)
     np.testing.assert_allclose(batched, single, atol=1e-3)
     # By hand, for one photo: the reply's tokens are the last ones of prompt + reply.
-    prompt = prompts.generation_prompt(question, 1)
+    prompt = prompts.generation_prompt(question, 1, chat=model.chat)
     n = len(model.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]) - \
         len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     batch = model.encoder.encode([prompt + reply], mixed_images[:1])
