@@ -1,0 +1,63 @@
+"""The second model family (SmolVLM / Idefics3) trains through the same trainer as LLaVA: full CAFe steps
+with the whole recipe (several photos per prompt, hard negatives), LoRA on its own module names, a
+merged folder that plain transformers loads, and the words it trained on."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cafe_core.vocab import VOCAB_FILE
+
+from .conftest import folder_weights, folder_weights_named, read_metrics, settings, train_in_process
+from .test_trainer import _changed, plain_hf_load
+
+RECIPE = {"p_grounded": 1.0, "p_multi_photo": 1.0, "p_pair": 0.5, "p_full_caption": 0.2, "p_hard": 1.0,
+          "extra_turns": 1, "position_turns": 1}
+
+
+@pytest.fixture(scope="module")
+def smolvlm_runs(train_data, tmp_path_factory):
+    from cafe_core.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("smolvlm")
+    base = save_tiny(root / "base", "smolvlm", seed=0)
+    common = {"base_model": str(base), "max_steps": 2, **RECIPE}
+    return base, {
+        "full": train_in_process(settings(train_data, root / "full", **common)),
+        "lora": train_in_process(settings(train_data, root / "lora", mode="lora", lora_vision=True, **common)),
+    }
+
+
+def test_full_cafe_steps_move_every_part(smolvlm_runs):
+    base, runs = smolvlm_runs
+    trainer = runs["full"]
+    assert trainer.family.name == "idefics3"
+    rows = read_metrics(trainer.out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["lm_loss"]) and math.isfinite(r["con_loss"]) for r in rows)
+    final, start = folder_weights(trainer.final), folder_weights(base)
+    for part in ("vision_model.encoder.layers.0", "connector.", "text_model.layers.0"):
+        assert _changed(final, start, part), part
+    vocab = json.loads((trainer.final / VOCAB_FILE).read_text())["words"]
+    assert vocab["photo"] > 0 and "compress" not in vocab  # the conversations' words, not the prompts'
+
+
+def test_lora_uses_the_family_module_names(smolvlm_runs, tmp_path):
+    base, runs = smolvlm_runs
+    trainer = runs["lora"]
+    # The checkpoint holds what trained: LoRA A/B on both towers' projections + the projector copy.
+    trainable = list(folder_weights_named(trainer.out / "checkpoints" / "step-000002" / "model",
+                                          "adapter_model.safetensors"))
+    assert any("text_model" in n and "lora_A" in n for n in trainable)
+    assert any("vision_model" in n and "lora_A" in n for n in trainable)
+    assert any("connector" in n and "lora" not in n for n in trainable)  # the projector trains fully
+    assert not any("embed_tokens" in n for n in trainable)
+    groups = {g["name"] for g in trainer.optimizer.param_groups}
+    assert groups == {"main", "vision"}
+    final, start = folder_weights(trainer.final), folder_weights(base)
+    assert set(final) == set(start)  # merged: a plain Idefics3 folder
+    assert _changed(final, start, "text_model.layers.0.self_attn.q_proj.weight")
+    plain_hf_load([trainer.final, runs["full"].final], tmp_path)
