@@ -15,7 +15,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import prompts

@@ -22,6 +22,7 @@ from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from data.vocab import BACKGROUNDS, COLORS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES
+from data.queries import image_tags, matches, pair_query
 from data.world import PhotoSpec, position_phrase
 
 KS: tuple[int, ...] = (1, 5, 10)
@@ -47,6 +48,42 @@ HEADLINE_METRICS: tuple[str, ...] = (
 )
 
 T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric keys: built here only, so nothing parses them back
+# ---------------------------------------------------------------------------------------------
+# Retrieval directions: (key prefix, what is ranked, the count key of its queries).
+RETRIEVAL_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("t2i", "text -> image", "n_retrieval_texts"),
+    ("i2t", "image -> text", "n_retrieval_images"),
+    ("t2i_object", "object -> image", "n_object_queries"),
+    ("t2i_pair", "pair -> image", "n_pair_queries"),
+)
+POPE_STATS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def recall_key(kind: str, k: int) -> str:
+    """"t2i_recall@1" for kind "t2i" (see RETRIEVAL_KINDS)."""
+    return f"{kind}_recall@{k}"
+
+
+def vqa_key(qtype: str) -> str:
+    """Accuracy of one question type: "vqa_position_accuracy"."""
+    return f"vqa_{qtype}_accuracy"
+
+
+def vqa_count_key(qtype: str) -> str:
+    return f"n_vqa_{qtype}"
+
+
+def pope_key(split: str, stat: str) -> str:
+    """"pope_adversarial_f1" for split "adversarial", stat "f1"."""
+    return f"pope_{split}_{stat}"
+
+
+def pope_count_key(split: str) -> str:
+    return f"n_pope_{split}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +203,16 @@ def world_relevance(queries: Sequence[WorldText], specs: Sequence[PhotoSpec]) ->
     return np.array([[spec_matches(q, s) for s in specs] for q in queries], dtype=bool).reshape(len(queries), len(specs))
 
 
+def pair_queries(specs: Sequence[PhotoSpec]) -> tuple[list[str], np.ndarray]:
+    """The two-object retrieval queries of ``t2i_pair_recall@k``: one per photo with two or more objects
+    ("a red circle and a blue star": its two leftmost, no sizes), and the (Q, P) relevance of every
+    photo that shows both kinds."""
+    queries = [pair_query(s) for s in specs if len(s.objects) >= 2]
+    tags = [image_tags(s) for s in specs]
+    relevant = np.array([[matches(q.tags, t) for t in tags] for q in queries], dtype=bool).reshape(len(queries), len(specs))
+    return [q.text for q in queries], relevant
+
+
 def describe_scores(descriptions: Sequence[str], specs: Sequence[PhotoSpec]) -> dict[str, float]:
     """Grades generated descriptions against their photos' ground truth.
 
@@ -226,8 +273,8 @@ def vqa_scores(answers: Sequence[str], truths: Sequence[str], qtypes: Sequence[s
         "n_vqa": len(answers),
     }
     for q in sorted(per_type):
-        out[f"vqa_{q}_accuracy"] = float(np.mean(per_type[q]))
-        out[f"n_vqa_{q}"] = len(per_type[q])
+        out[vqa_key(q)] = float(np.mean(per_type[q]))
+        out[vqa_count_key(q)] = len(per_type[q])
     return out
 
 

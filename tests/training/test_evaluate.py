@@ -22,6 +22,7 @@ from training.eval_metrics import (
     describe_scores,
     modality_stats,
     normalize_answer,
+    pair_queries,
     parse_world_text,
     parse_yes_no,
     pope_metrics,
@@ -112,6 +113,31 @@ def test_relevance_uses_every_attribute_the_caption_names():
         [True, False, True, False, False],  # "one object" rules out B (two objects)
         [True, True, True, True, True],  # just the object
     ]
+
+
+def test_pair_queries_name_two_objects_and_every_photo_with_both_is_relevant():
+    f = _spec("f", [("blue", "star", "small", "left"), ("red", "circle", "large", "right")])  # same kinds, other order
+    g = _spec("g", [("red", "circle", "small", "left"), ("blue", "square", "large", "middle"),
+                    ("blue", "star", "small", "right")])
+    texts, relevant = pair_queries([A, B, C, f, g])
+    # A and C show one object: no pair query; B's leftmost two, f's, g's leftmost two.
+    assert texts == ["a red circle and a blue star", "a blue star and a red circle", "a red circle and a blue square"]
+    assert relevant.tolist() == [
+        [False, True, False, True, True],  # every photo with a red circle and a blue star, whatever the sizes
+        [False, True, False, True, True],
+        [False, False, False, False, True],
+    ]
+    # Pair recall on hand-built scores: query 0 finds B second, query 1 f first, query 2 g only fourth.
+    scores = np.array([[0.9, 0.8, 0.1, 0.0, 0.0], [0.0, 0.2, 0.0, 0.9, 0.1], [0.3, 0.2, 0.5, 0.0, 0.1]])
+    assert recall_at_k(scores, relevant, ks=(1, 2)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
+
+
+def test_position_accuracy_is_its_own_key():
+    m = vqa_scores(["a small red circle", "nothing", "a large red circle", "blue"],
+                   ["a small red circle", "nothing", "a small red circle", "blue"],
+                   ["position", "position", "position", "color_of_shape"])
+    assert m["vqa_position_accuracy"] == pytest.approx(2 / 3) and m["n_vqa_position"] == 3
+    assert m["vqa_accuracy"] == pytest.approx(3 / 4)
 
 
 def test_parse_every_caption_paraphrase():
