@@ -146,12 +146,18 @@ def _present(keys: Sequence[str], tables: Sequence[Mapping]) -> list[str]:
     return [k for k in keys if any(_is_number(t.get(k)) for t in tables)]
 
 
+def eval_bars(metrics: Mapping, keys: Sequence[str] = HEADLINE_METRICS) -> list[tuple[str, float]]:
+    """(key, value) of each of ``keys`` that ``metrics`` holds as a number, in the order of ``keys``."""
+    return [(k, float(metrics[k])) for k in _present(keys, [metrics])]
+
+
 def plot_eval(metrics: Mapping, out_png: str | Path, keys: Sequence[str] = HEADLINE_METRICS, title: str | None = None) -> Path:
-    """Horizontal bars of the headline metrics present in ``metrics`` (an evaluate() result)."""
-    keys = _present(keys, [metrics])
-    if not keys:
+    """Horizontal bars of the headline metrics present in ``metrics`` (an evaluate() result); negative
+    values in red."""
+    bars = eval_bars(metrics, keys)
+    if not bars:
         raise ValueError("no headline metric to plot")
-    values = [float(metrics[k]) for k in keys]
+    keys, values = [k for k, _ in bars], [v for _, v in bars]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.38 * len(keys) + 1.2))
     y = np.arange(len(keys))[::-1]

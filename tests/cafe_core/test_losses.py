@@ -23,8 +23,16 @@ def _ce(logits: list[float], label: int) -> float:
     return -(logits[label] - m) + math.log(sum(math.exp(x - m) for x in logits))
 
 
-def test_scale_is_fixed_at_20():
+def test_the_losses_use_the_fixed_scale_and_learn_none():
+    """Temperature 0.05 is fixed, as in the authors' code: no loss module has a parameter, and the
+    default-scale loss is the scale-20 loss (not, say, a learned or 1/0.07 one)."""
     assert LOGIT_SCALE == 20.0
+    for module in (ContrastiveLoss(), CafeLoss("cafe")):
+        assert list(module.parameters()) == []
+    explicit = contrastive_loss(IMAGES, TEXTS, scale=20.0).item()
+    assert ContrastiveLoss()(IMAGES, TEXTS).item() == explicit
+    assert CafeLoss("contrastive")(image_emb=IMAGES, text_emb=TEXTS).loss.item() == explicit
+    assert contrastive_loss(IMAGES, TEXTS, scale=1 / 0.07).item() != pytest.approx(explicit)
 
 
 def test_contrastive_loss_matches_hand_computation_3x3():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from training.__main__ import main
 from training.config import ConfigError, TrainConfig, load_config, to_dict
@@ -16,7 +17,7 @@ from training.vision_pretrain import VisionPretrainConfig
 
 from .conftest import REPO, run_cli
 
-CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "training" / "configs").glob("**/*.yaml"))
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
@@ -102,9 +103,28 @@ def test_validate_requires_data():
 def test_shipped_configs_load_and_validate(path):
     # *-vision.yaml configs are for `python -m training pretrain-vision`; the rest for `train`.
     cls = VisionPretrainConfig if path.stem.endswith("-vision") else TrainConfig
-    cfg = load_config(path, ["data=somewhere"], cls=cls)
+    written = yaml.safe_load(path.read_text())
+    cfg = load_config(path, [] if "data" in written else ["data=somewhere"], cls=cls)  # llava-ov: --set data=
     cfg.validate()
-    assert to_dict(cfg)["base_model"]
+    loaded = to_dict(cfg)
+    for key, value in written.items():  # every key of the file reaches the config, typed
+        assert loaded[key] == pytest.approx(value) if isinstance(value, float) else loaded[key] == value, key
+
+
+@pytest.mark.parametrize("folder", ["training/configs", "training/configs/previous"])
+def test_demo_recipe_stages_chain(folder):
+    """Each stage of a demo recipe starts from the previous stage's final folder, and writes its own."""
+    stages = sorted((REPO / folder).glob("demo-stage*.yaml"))
+    assert len(stages) >= 4
+    outs = []
+    for i, path in enumerate(stages):
+        written = yaml.safe_load(path.read_text())
+        if i == 0:
+            assert written["base_model"].startswith("tiny:")
+        else:
+            assert written["base_model"] == f"{outs[-1]}/final", path.name
+        outs.append(written["out_dir"])
+    assert len(set(outs)) == len(outs)
 
 
 def test_shipped_llava_ov_configs_follow_the_paper():

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.eval_metrics import HEADLINE_METRICS
 from training.plots import (
     ema,
+    eval_bars,
     markdown_table,
     pca_2d,
     plot_ablation,
@@ -87,8 +89,25 @@ METRICS = {"t2i_object_recall@1": 0.5, "t2i_recall@1": 0.25, "t2i_recall@5": 0.7
            "meta": {"model": "m"}}
 
 
-def test_plot_eval(tmp_path):
-    _png(plot_eval(METRICS, tmp_path / "eval.png", title="tiny"))
+def test_eval_bars_are_the_present_headline_numbers_in_order():
+    bars = eval_bars({**METRICS, "vqa_accuracy": "n/a", "extra": 0.1})
+    assert [k for k, _ in bars] == [k for k in HEADLINE_METRICS if k in METRICS and k != "vqa_accuracy"]
+    assert dict(bars)["modality_gap"] == -0.05 and dict(bars)["t2i_recall@1"] == 0.25
+
+
+def _red_pixels(im: Image.Image) -> int:
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 180) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)).sum())
+
+
+def test_plot_eval_draws_one_bar_per_metric_and_negatives_in_red(tmp_path):
+    full = Image.open(plot_eval(METRICS, tmp_path / "eval.png", title="tiny"))
+    _png(tmp_path / "eval.png")
+    positive = {k: v for k, v in METRICS.items() if k != "modality_gap"}
+    few = Image.open(plot_eval(dict(list(positive.items())[:3]), tmp_path / "few.png"))
+    assert full.height > few.height * 1.8  # height follows the number of bars (11 vs 3)
+    assert _red_pixels(full) > 50  # the negative modality gap is drawn in red
+    assert _red_pixels(Image.open(plot_eval(positive, tmp_path / "pos.png"))) == 0
     with pytest.raises(ValueError):
         plot_eval({"meta": {}}, tmp_path / "none.png")
 
