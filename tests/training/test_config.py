@@ -104,10 +104,12 @@ def test_shipped_configs_load_and_validate(path):
     # *-vision.yaml configs are for `python -m training pretrain-vision`; the rest for `train`.
     cls = VisionPretrainConfig if path.stem.endswith("-vision") else TrainConfig
     written = yaml.safe_load(path.read_text())
-    cfg = load_config(path, [] if "data" in written else ["data=somewhere"], cls=cls)  # llava-ov: --set data=
+    cfg = load_config(path, [] if written.get("data") else ["data=somewhere"], cls=cls)  # llava-ov: --set data=
     cfg.validate()
     loaded = to_dict(cfg)
     for key, value in written.items():  # every key of the file reaches the config, typed
+        if key == "data" and not value:
+            continue
         assert loaded[key] == pytest.approx(value) if isinstance(value, float) else loaded[key] == value, key
 
 
