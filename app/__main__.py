@@ -199,47 +199,67 @@ def cmd_duplicates(args) -> int:
 # --------------------------------------------------------------------------------------------- ask
 
 
+# AnswerConfig fields whose default comes from the model's calibration (app.calibration) when it has one.
+CALIBRATED_ASK_OPTIONS = ("min_score", "rerank_weight", "min_yes", "min_size_margin", "context_margin")
+
+
 def add_ask_arguments(p: argparse.ArgumentParser) -> None:
-    from app.answer import AnswerConfig
+    from app.config import AnswerConfig
 
     defaults = AnswerConfig()
     p.add_argument("question", nargs="?", help="a question about your photos")
     p.add_argument("--image", metavar="PATH", help="ask about this photo (no retrieval)")
     p.add_argument("--batch", metavar="QUESTIONS.jsonl",
                    help='answer one {"question": ..., "image": ...} per line ("image" optional); one JSON answer per line')
+    p.add_argument("--session", metavar="FILE",
+                   help="a conversation: earlier turns are read from FILE (created if missing) and this one is added, "
+                        'so follow-ups ("When was it taken?") refer to the photo of the previous answer')
     add_db_arguments(p)
     add_model_arguments(p)
-    p.add_argument("-k", type=int, default=defaults.k, help=f"photos retrieved per question (default {defaults.k})")
-    p.add_argument("--min-score", type=float, default=defaults.min_score,
-                   help=f"no photo at or above this similarity: no answer (default {defaults.min_score})")
+    p.add_argument("-k", type=int, default=defaults.k, help="photos retrieved per question (default %(default)s)")
     p.add_argument("--max-context", type=int, default=defaults.max_context,
-                   help=f"at most this many photos shown to the model (default {defaults.max_context})")
+                   help="at most this many photos shown to the model (default %(default)s)")
     p.add_argument("--rerank-top", type=int, default=defaults.rerank_top,
-                   help=f"re-rank this many of the best photos with the model, 0: off (default {defaults.rerank_top})")
+                   help="re-rank this many of the best photos with the model, 0: off (default %(default)s)")
+    for name, what in (("min_score", "no photo scoring at least this: no answer"),
+                       ("rerank_weight", "weight of the model's log-likelihood when re-ranking"),
+                       ("min_yes", "P(yes) a photo needs for each thing the question names"),
+                       ("min_size_margin", "nats the named size must win by"),
+                       ("context_margin", "show photos within this score of the best")):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
+                       help=f"{what} (default: the model's calibrated value, else {getattr(defaults, name)})")
+    p.add_argument("--no-check", action="store_true", help="cite photos without checking them with the model first")
     p.add_argument("--no-decompose", action="store_true",
                    help='retrieve by the whole question\'s embedding, not by each thing "the photo with ..." names')
     p.add_argument("--after", metavar="YYYY-MM-DD", help="only photos taken on or after this day")
     p.add_argument("--before", metavar="YYYY-MM-DD", help="only photos taken before this day")
     p.add_argument("--folder", metavar="DIR", help="only photos in this folder or below")
-    p.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]}')
+    p.add_argument("--json", action="store_true", help='print {"answer", "summary", "refused", "missing", "sources", "closest"}')
 
 
 def cmd_ask(args) -> int:
-    from app.answer import AnswerConfig, Answerer
-    from app.config import resolve_model
+    import dataclasses
+
+    from app.answer import Answerer
+    from app.calibration import calibrated, load_calibration
+    from app.config import AnswerConfig
+    from app.conversation import Session
+    from app.model import load_model
     from app.search import Filters, QueryError
+    from cafe_core.vocab import TrainingVocab
 
     if args.batch is None and not args.question:
         raise QueryError('give a QUESTION, or --batch QUESTIONS.jsonl')
     filters = Filters(after=args.after, before=args.before, folder=args.folder)
     filters.where()  # bad dates fail before the model loads
-    from cafe_core import CafeModel
-
+    session = Session.open(args.session) if args.session else None  # a bad session file fails before too
     # One model for everything: questions about a photo need no index, so it is opened on first need.
-    model = CafeModel.load(resolve_model(args.model), device=args.device)
-    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context, rerank_top=args.rerank_top,
-                          decompose=not args.no_decompose)
-    answerer = Answerer(model, None, config)
+    model = load_model(args.model, device=args.device)
+    config = calibrated(AnswerConfig(), "answer", load_calibration(model))
+    chosen = {n: getattr(args, n) for n in CALIBRATED_ASK_OPTIONS if getattr(args, n) is not None}
+    config = dataclasses.replace(config, k=args.k, max_context=args.max_context, rerank_top=args.rerank_top,
+                                 decompose=not args.no_decompose, check_evidence=not args.no_check, **chosen)
+    answerer = Answerer(model, None, config, vocab=TrainingVocab.load(model.name) if os.path.isdir(model.name) else None)
 
     def run(question, image, echo: bool = False):
         if image is None and answerer.index is None:
@@ -247,14 +267,17 @@ def cmd_ask(args) -> int:
 
             answerer.index = PhotoIndex.open(db=args.db, model=model, create=False, chroma_host=args.chroma_host,
                                              chroma_port=args.chroma_port)
+        history = session.turns if session else ()
         result, sent = None, ""
-        for result in answerer.stream(question, k=args.k, filters=filters, image=image):
-            if echo and not result.done:  # print the answer as it is generated
+        for result in answerer.stream(question, k=args.k, filters=filters, image=image, history=history):
+            if echo and not result.done:  # show the answer as it is generated (a terminal only)
                 sys.stdout.write(result.text[len(sent):])
                 sys.stdout.flush()
                 sent = result.text
-        if echo:
-            print(result.text if not sent else "", flush=True)
+        if echo and sent:
+            sys.stdout.write("\r\033[K")  # the streamed text gives way to the summary
+        if session is not None:
+            session.add(result)
         return result
 
     if args.batch is not None:
@@ -262,12 +285,26 @@ def cmd_ask(args) -> int:
     if args.json:
         print_json(run(args.question, args.image).to_json())
         return 0
-    result = run(args.question, args.image, echo=True)
-    for s in result.sources:
-        mark = f"[{s.n}]" if s.n else "   "
-        score = f"{s.score:.4f}" if s.score is not None else "      "
-        print(f"  {mark} {score}  {s.date}  {s.path}" + ("" if s.cited else "  (not cited)"))
+    print_answer(run(args.question, args.image, echo=sys.stdout.isatty()))
     return 0
+
+
+def print_answer(result) -> None:
+    """The text output of `ask`: the answer with the photos it rests on, or a refusal with the closest photos."""
+    print(result.summary, flush=True)
+    if result.kind == "search":
+        for s in result.sources:
+            print(f"  {s.score:.4f}  {s.date}  {s.path}")
+    elif result.refused:
+        if result.closest:
+            print("closest matches (not answers):")
+        for s in result.closest:
+            print(f"  {s.score:.4f}  {s.date}  {s.path}")
+    else:
+        for s in result.sources:
+            mark = f"[{s.n}]" if s.n else "   "
+            score = f"{s.score:.4f}" if s.score is not None else "      "
+            print(f"  {mark} {score}  {s.date}  {s.path}" + ("" if s.cited else "  (not cited)"))
 
 
 def _ask_batch(path: str, run: Callable) -> int:

@@ -1,96 +1,63 @@
-"""Grounded answers about retrieved photos (multimodal RAG with one CAFe model).
+"""Grounded answers about retrieved photos (multimodal RAG with one CAFe model), checked before they are given.
 
-The same CafeModel instance embeds the question (retrieval through app.search) and reads the best
-photos to answer it, citing them as [1], [2], ... in the order they were shown:
+The same CafeModel instance embeds the question (retrieval through app.search), re-ranks and checks
+the best photos with its generator, and reads the photos that pass to answer, citing them as [1], [2]:
 
-    from app.index import PhotoIndex
     from app.answer import Answerer
-    index = PhotoIndex.open(db=..., model=...)
     answerer = Answerer(index.model, index)
     result = answerer.answer("What color is the background in the photo with the red circle?")
     result.text        # "gray [1]"
+    result.summary     # "gray — in [1] IMG_0186.jpg, 26 May 2017"
     result.sources     # [Source(path=..., score=0.71, n=1, cited=True), ...]
 
-    for partial in answerer.stream(question):   # the UI: the text grows, sources come with the last one
+    for partial in answerer.stream(question, history=turns):   # the UI: the text grows
         print(partial.text)
 
-The best retrieved photos are re-ranked by the same model before the context is chosen: how likely
-is the question as a description of each photo (AnswerConfig.rerank_top / rerank_weight).
-A question about one given photo (`image=`) skips retrieval and asks the model about that photo alone.
-When no photo scores at least `AnswerConfig.min_score`, the answer says so and the model is not asked.
+A message is read first (app.query.parse_message):
+- a question that names its photo ("... in the photo with the purple star?") retrieves photos that show
+  each named thing, re-ranks the best by the generator, and asks the generator whether each candidate
+  really shows every named thing (app.evidence). Only photos that pass are shown to the model and cited;
+  when none does, the answer is a refusal naming what was not found, with the closest photos as
+  *closest matches* (never citations);
+- "Show me photos of ..." returns the matching photos (search with the relevance cutoff, then checked);
+- a follow-up ("When was it taken?") is asked about the photo(s) cited in the previous turn (``history``);
+- anything else (general knowledge, chit-chat, a question that names no photo) is refused: there is
+  no photo to answer from. A question that uses words the model never saw in training
+  (cafe_core.vocab) is refused saying so.
+A question about one given photo (``image=``) skips all of this and asks the model about that photo.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from PIL import Image
 
+from app.config import AnswerConfig
+from app.evidence import EvidenceChecker, PhotoEvidence, missing_parts
 from app.photos import SkipPhoto, load_photo, prepare_image
-from app.query import referring_parts
+from app.query import followup_question, parse_message, the_parts
 from app.search import Filters, Hit, QueryError, search, search_all_of
 from cafe_core import prompts
 
 log = logging.getLogger(__name__)
 
-# What the user sees when retrieval finds nothing good enough to answer from.
+# What the user sees when no photo can be answered from.
 NO_MATCH_ANSWER = "I found no matching photo for that question, so I cannot answer it from your photos."
+NOT_FOUND = "I found no photo with {things}."
+UNKNOWN_WORDS = "I found no photo with {things}: this model has never seen {words} (it knows only what it was trained on)."
+OFF_TOPIC = ("I can only answer questions about your photos. Name the photo by what it shows (for example "
+             "\"What color is the background in the photo with the red circle?\"), or pick one in Photos.")
+SEARCH_FOUND = "Found {n} photo{s} with {things}."
+KINDS = ("answer", "search", "refusal")
 
 _CITATION = re.compile(r"\[(\d+)\]")
-
-
-@dataclass
-class AnswerConfig:
-    """How grounded answers pick their evidence and generate.
-
-    k: photos retrieved for a question (the candidates the context is chosen from).
-    min_score: score a photo needs to count as matching the question (the mean cosine over the things it
-        names with decomposition, else the question's cosine); below it for every photo, the answer is
-        NO_MATCH_ANSWER. Calibrated on the shipped model with benchmarks/grounded.py on a 300-photo album
-        (seed 300): just below the lowest best score of any album question (0.394). On this model
-        the score does not tell off-topic questions apart (on the seed-200 album they score up to 0.86,
-        album questions' best scores have median 0.56), so they are answered from the closest photo (an
-        earlier demo model separated them, 0.643 vs >= 0.728). Scores are model-specific: recalibrate.
-    max_context: at most this many photos are shown to the model.
-    context_margin: only photos within this cosine distance of the best score are shown. A tiny model
-        answers best when the evidence is unambiguous: near-ties are shown, clear runners-up are not.
-        Measured on an earlier demo model (benchmarks/grounded.py, 300 photos, seed 300): margin 0 (the top
-        photo and exact ties) -> answers cite a photo 100% of the time, 32% right; 0.01 (3 photos
-        for 90% of questions) -> 26%, 27%; 0.05 -> 27%, 27%. It was trained with one photo per grounded
-        prompt, so it reads best from one; a model trained with several photos per prompt can use a
-        wider margin (e.g. 0.05).
-    rerank_top: the best this many retrieved photos (those scoring >= min_score) are re-ranked by the
-        same model before the context is chosen from them; 0 or 1 turns re-ranking off (context from
-        retrieval order). Re-ranking asks the generator how likely "a photo of <the things the question
-        names>" (or the question itself, when it names none) is as a description of each photo
-        (CafeModel.reply_logprob with the describe instruction): the embedding ranks by one pooled
-        vector, the generator reads every image token against every word.
-    rerank_weight: score added per nat of that log-likelihood (relevance = score + weight x log P).
-        Calibrated on the shipped model (300 photos, seed 300, top-1 photo of 168 album questions, with
-        decomposition): retrieval alone 0.500; re-ranking the top 5 with weight 0.013 0.554 (0.01: 0.548,
-        0.02: 0.536, 0.05: 0.554).
-    decompose: retrieve a question that names its photo by what it shows ("... in the photo with the
-        red car and the dog?") by each of those things (app.query.referring_parts,
-        app.search.search_all_of) instead of by one embedding of the whole question.
-        Shipped model, seed-300 album: top-1 0.339 by the whole question, 0.500 by its parts (top 5 0.863).
-    max_new_tokens: length limit of the generated answer.
-    max_side: longest side of each photo handed to the model (its processor resizes further).
-    """
-
-    k: int = 10
-    min_score: float = 0.39
-    max_context: int = 3
-    context_margin: float = 0.0
-    rerank_top: int = 5
-    rerank_weight: float = 0.013
-    decompose: bool = True
-    max_new_tokens: int = 48
-    max_side: int = 512
-    max_pixels: int = 150_000_000
 
 
 @dataclass
@@ -117,8 +84,10 @@ class Source:
 class Answer:
     """An answer (possibly still streaming) and its photos.
 
-    text: the answer so far; sources: the context photos, cited ones first once `done`;
-    found: False when no photo matched (text is NO_MATCH_ANSWER); citations: [n] -> path.
+    text: the answer so far; sources: the photos it was grounded on, cited ones first once ``done``;
+    kind: "answer", "search" (photos for "show me ...": in ``sources``) or "refusal" (``sources`` empty);
+    refused / missing / closest: a refusal, the things not found, and the closest photos (not evidence);
+    parts: the things the question named (kept for follow-ups); citations: [n] -> path.
     """
 
     question: str
@@ -126,6 +95,14 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
     found: bool = True
     done: bool = False
+    kind: str = "answer"
+    missing: list[str] = field(default_factory=list)
+    closest: list[Source] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return self.kind == "refusal"
 
     @property
     def citations(self) -> dict[int, str]:
@@ -138,9 +115,60 @@ class Answer:
         """Paths of the cited photos, first citation first."""
         return list(self.citations.values())
 
+    @property
+    def summary(self) -> str:
+        """The answer with its evidence in words a person can check: "white — in [1] IMG_0186.jpg, 26 May 2017"."""
+        if self.kind != "answer":
+            return self.text
+        short = " ".join(_CITATION.sub("", self.text).split()).strip(" ,;") or "(no answer)"
+        cited = [s for s in self.sources if s.cited and s.n is not None]
+        if not cited:
+            given = [s for s in self.sources if s.n is None]
+            if given and given[0].path:
+                return f"{short} — in {Path(given[0].path).name}"
+            return f"{short} — cites none of the photos shown" if self.sources else short
+        where = "; ".join(f"[{s.n}] {Path(s.path).name}, {_long_date(s.date)}" for s in cited)
+        return f"{short} — in {where}"
+
     def to_json(self) -> dict:
-        """The CLI's JSON contract: {"answer": ..., "sources": [{"path", "score", ...}]}."""
-        return {"answer": self.text, "sources": [s.to_json() for s in self.sources]}
+        """The CLI's JSON contract: {"answer", "summary", "kind", "refused", "missing", "sources", "closest"}."""
+        return {"answer": self.text, "summary": self.summary, "kind": self.kind, "refused": self.refused,
+                "missing": list(self.missing), "sources": [s.to_json() for s in self.sources],
+                "closest": [s.to_json() for s in self.closest]}
+
+
+def _long_date(day: str) -> str:
+    """"2017-05-26" -> "26 May 2017"."""
+    try:
+        return dt.date.fromisoformat(day[:10]).strftime("%d %b %Y").lstrip("0")
+    except ValueError:
+        return day
+
+
+@dataclass
+class Turn:
+    """One exchange of a conversation, as the next question needs it: what was asked and named, and
+    which photos the answer rested on."""
+
+    question: str
+    answer: str
+    photos: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    kind: str = "answer"
+
+    @classmethod
+    def of(cls, answer: Answer) -> "Turn":
+        photos = answer.cited_paths or ([s.path for s in answer.sources if s.path] if answer.kind == "answer" else [])
+        return cls(answer.question, answer.text, photos, list(answer.parts), answer.kind)
+
+    def to_json(self) -> dict:
+        return {"question": self.question, "answer": self.answer, "photos": self.photos, "parts": self.parts,
+                "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Turn":
+        return cls(str(d["question"]), str(d.get("answer", "")), [str(p) for p in d.get("photos", [])],
+                   [str(p) for p in d.get("parts", [])], str(d.get("kind", "answer")))
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -186,45 +214,63 @@ def order_sources(sources: Sequence[Source], text: str) -> list[Source]:
 class Answerer:
     """Answers questions with one CafeModel: retrieval through `index` (a PhotoIndex on the same model).
 
-    `index` may be None when only questions about given photos are asked (no retrieval).
+    `index` may be None when only questions about given photos are asked (no retrieval). `vocab`
+    (cafe_core.vocab.TrainingVocab or None): the words the model was trained on.
     """
 
-    def __init__(self, model, index=None, config: AnswerConfig | None = None):
+    def __init__(self, model, index=None, config: AnswerConfig | None = None, vocab=None):
         if index is not None and index.model is not model:
             # One model serves both embedding and generation: never hold two in memory.
             raise ValueError("the index must use the answering model itself (index.model is model)")
         self.model = model
         self.index = index
         self.config = config or AnswerConfig()
+        self.vocab = vocab
+        self.evidence = EvidenceChecker(model, self.config.min_yes, self.config.min_size_margin)
+        self._decoded: dict[str, Image.Image] = {}  # photos read for the current answer (re-ranking, check, reading)
 
     # ------------------------------------------------------------------------------------ public
 
-    def answer(self, question: str, k: int | None = None, filters: Filters | None = None, image=None) -> Answer:
+    def answer(self, question: str, k: int | None = None, filters: Filters | None = None, image=None,
+               history: Sequence[Turn] = ()) -> Answer:
         """The complete answer (see stream())."""
         result = Answer(question)
-        for result in self.stream(question, k=k, filters=filters, image=image):
+        for result in self.stream(question, k=k, filters=filters, image=image, history=history):
             pass
         return result
 
-    def stream(
-        self, question: str, k: int | None = None, filters: Filters | None = None, image=None
-    ) -> Iterator[Answer]:
+    def stream(self, question: str, k: int | None = None, filters: Filters | None = None, image=None,
+               history: Sequence[Turn] = ()) -> Iterator[Answer]:
         """Yield the answer as it is generated: each Answer has the text so far; the last has done=True.
 
-        image: a photo (path or PIL image) to ask about directly; retrieval is skipped and `sources`
-        is that photo. Otherwise the question retrieves up to k photos (filters apply) and the
-        context photos (see select_context) are shown to the model with their dates.
+        image: a photo (path or PIL image) to ask about directly. Otherwise the message is read (see the
+        module doc); ``history``: the conversation's earlier turns, oldest first.
         """
         if not isinstance(question, str) or not question.strip():
             raise QueryError("the question is empty")
         question = question.strip()
+        self._decoded.clear()
         if image is not None:
             yield from self._stream_about(question, image)
+            return
+        previous = next((t for t in reversed(history) if t.photos), None)
+        parsed = parse_message(question, has_previous=previous is not None)
+        if parsed.kind == "other":
+            yield self._refusal(question, OFF_TOPIC)
+        elif parsed.kind == "followup":
+            yield from self._stream_followup(question, previous)
+        elif (unknown := self._unknown(parsed.parts)):
+            words = ", ".join(f"'{w}'" for w in unknown)
+            yield self._refusal(question, UNKNOWN_WORDS.format(things=the_parts(parsed.parts), words=words),
+                                list(parsed.parts))
+        elif parsed.kind == "search":
+            yield self._search(question, list(parsed.parts), k, filters)
         else:
-            yield from self._stream_grounded(question, k, filters)
+            yield from self._stream_grounded(question, list(parsed.parts), k, filters)
 
-    def retrieve(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
-        """The photos the question retrieves (best first), before the context is chosen.
+    def retrieve(self, question: str, k: int | None = None, filters: Filters | None = None,
+                 parts: Sequence[str] | None = None) -> list[Hit]:
+        """The photos the question retrieves (best first), before re-ranking and the evidence check.
 
         With `decompose` on, a question that names its photo by what it shows ("... in the photo with
         the red car and the dog?", see app.query) retrieves photos that show each of those things
@@ -233,26 +279,20 @@ class Answerer:
         if self.index is None:
             raise QueryError("no photo index is open: index photos first, or ask about one photo")
         k = k or self.config.k
-        parts = referring_parts(question) if self.config.decompose else []
-        if parts:
-            return search_all_of(self.index, parts, k=k, filters=filters)
+        if parts is None:
+            parts = parse_message(question).parts
+        if parts and self.config.decompose:
+            return search_all_of(self.index, list(parts), k=k, filters=filters)
         return search(self.index, text=question, k=k, filters=filters)
 
-    # ----------------------------------------------------------------------------------- private
-
-    def _generate(self, content: str, images: list[Image.Image], result: Answer) -> Iterator[Answer]:
-        for piece in self.model.stream(content, images, max_new_tokens=self.config.max_new_tokens):
-            result.text += piece
-            yield result
-
-    def stream_with_context(self, question: str, context: Sequence[Hit]) -> Iterator[Answer]:
-        """stream() with the context photos given (numbered [1], [2], ... in this order): no retrieval.
+    def stream_with_context(self, question: str, context: Sequence[Hit], parts: Sequence[str] = ()) -> Iterator[Answer]:
+        """Answer from the context photos given (numbered [1], [2], ... in this order): no retrieval, no check.
 
         Benchmarks use it to score the reading link alone (the right photo shown, is the answer right?).
         """
-        result = Answer(question)
+        result = Answer(question, parts=list(parts))
         if not context:
-            result.text, result.found, result.done = NO_MATCH_ANSWER, False, True
+            result.text, result.found, result.done, result.kind = NO_MATCH_ANSWER, False, True, "refusal"
             yield result
             return
         result.sources = [Source(h.path, h.score, h.date[:10], n) for n, h in enumerate(context, 1)]
@@ -264,57 +304,146 @@ class Answerer:
         result.done = True
         yield result
 
-    def relevance(self, question: str, hits: Sequence[Hit]) -> list[float | None]:
+    def relevance(self, question: str, hits: Sequence[Hit], parts: Sequence[str] | None = None) -> list[float | None]:
         """How relevant each hit is to the question: its cosine, or with re-ranking on (see AnswerConfig),
-        for the first rerank_top hits scoring >= min_score, cosine + rerank_weight x log P(question as a
-        description of the photo), relative to the likeliest of them; the other hits get None, and so does
-        a photo that can no longer be read (moved or damaged since indexing: logged and skipped)."""
+        for the first rerank_top hits scoring >= min_score, cosine + rerank_weight x log P(the things the
+        question names, as a description of the photo), relative to the likeliest of them; the other hits
+        get None, and so does a photo that can no longer be read (moved or damaged since indexing: logged)."""
         cfg = self.config
         head = [i for i, h in enumerate(hits) if h.score >= cfg.min_score][: cfg.rerank_top]
         if len(head) < 2 or cfg.rerank_weight == 0:
             return [h.score for h in hits]
-        images = {}
-        for i in head:
-            try:
-                images[i] = self._load(hits[i].path)
-            except QueryError as e:
-                log.warning("not re-ranking %s: %s", hits[i].path, e)
-        head = list(images)
-        if not head:
+        images = self._readable({i: hits[i] for i in head})
+        if not images:
             return [None] * len(hits)
-        parts = referring_parts(question) if cfg.decompose else []
+        if parts is None:
+            parts = parse_message(question).parts if cfg.decompose else ()
         description = prompts.describe_parts(parts) if parts else question
         logp = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, description, list(images.values()))
         out: list[float | None] = [None] * len(hits)
-        for i, lp in zip(head, logp):
+        for i, lp in zip(images, logp):
             out[i] = hits[i].score + cfg.rerank_weight * (lp - max(logp))
         return out
 
-    def _stream_grounded(self, question: str, k: int | None, filters: Filters | None) -> Iterator[Answer]:
-        hits = self.retrieve(question, k, filters)
-        yield from self.stream_with_context(question, select_context(hits, self.config, self.relevance(question, hits)))
+    def check(self, parts: Sequence[str], hits: Sequence[Hit]) -> list[PhotoEvidence | None]:
+        """The evidence check of each hit (None for a photo that cannot be read)."""
+        images = self._readable(dict(enumerate(hits)))
+        found = self.evidence.check(parts, list(images.values())) if images else []
+        by_index = dict(zip(images, found))
+        return [by_index.get(i) for i in range(len(hits))]
 
-    def _stream_about(self, question: str, image) -> Iterator[Answer]:
+    # ----------------------------------------------------------------------------------- private
+
+    def _unknown(self, parts: Sequence[str]) -> list[str]:
+        if self.vocab is None:
+            return []
+        words: list[str] = []
+        for part in parts:
+            words += [w for w in self.vocab.unknown(part) if w not in words]
+        return words
+
+    def _refusal(self, question: str, text: str, missing: Sequence[str] = (), closest: Sequence[Hit] = (),
+                 parts: Sequence[str] = ()) -> Answer:
+        return Answer(question, text=text, found=False, done=True, kind="refusal", missing=list(missing),
+                      closest=[Source(h.path, h.score, h.date[:10]) for h in closest], parts=list(parts))
+
+    def _ranked(self, question: str, parts: list[str], k, filters) -> list[tuple[Hit, float]]:
+        """(photo, relevance) of the retrieved photos scoring >= min_score, re-ranked by the generator."""
+        hits = self.retrieve(question, k, filters, parts)
+        relevance = self.relevance(question, hits, parts if self.config.decompose else ())
+        ranked = [(h, r) for h, r in zip(hits, relevance) if h.score >= self.config.min_score and r is not None]
+        return sorted(ranked, key=lambda hr: -hr[1])  # stable: ties keep retrieval order
+
+    def _stream_grounded(self, question: str, parts: list[str], k, filters) -> Iterator[Answer]:
+        cfg = self.config
+        ranked = self._ranked(question, parts, k, filters)
+        if not ranked:
+            yield self._refusal(question, NOT_FOUND.format(things=the_parts(parts)), parts, parts=parts)
+            return
+        candidates = ranked[: max(1, cfg.evidence_top)] if cfg.check_evidence else ranked
+        if cfg.check_evidence:
+            # The best photo alone first (it passes most of the time); the other candidates only if it fails.
+            evidence = self.check(parts, [h for h, _ in candidates[:1]])
+            if not evidence[0] or not evidence[0].shows_all:
+                evidence += self.check(parts, [h for h, _ in candidates[1:]])
+            shown = [hr for hr, e in zip(candidates, evidence) if e is not None and e.shows_all]
+            if not shown:
+                missing = missing_parts(parts, [e for e in evidence if e is not None])
+                yield self._refusal(question, NOT_FOUND.format(things=the_parts(missing)), missing,
+                                    [h for h, _ in ranked[: cfg.max_closest]], parts)
+                return
+        else:
+            shown = candidates
+        context = select_context([h for h, _ in shown], cfg, [r for _, r in shown])
+        yield from self.stream_with_context(question, context, parts)
+
+    def _search(self, question: str, parts: list[str], k, filters) -> Answer:
+        """"Show me photos of ...": the photos that show every named thing, checked by the generator."""
+        cfg = self.config
+        hits = [h for h in self.retrieve(question, k or cfg.k, filters, parts) if h.score >= cfg.min_score]
+        evidence = self.check(parts, hits) if cfg.check_evidence else [None] * len(hits)
+        shown = [h for h, e in zip(hits, evidence) if not cfg.check_evidence or (e is not None and e.shows_all)]
+        if not shown:
+            missing = missing_parts(parts, [e for e in evidence if e is not None]) if cfg.check_evidence else parts
+            return self._refusal(question, NOT_FOUND.format(things=the_parts(missing)), missing,
+                                 hits[: cfg.max_closest], parts)
+        n = len(shown)
+        return Answer(question, text=SEARCH_FOUND.format(n=n, s="" if n == 1 else "s", things=the_parts(parts)),
+                      sources=[Source(h.path, h.score, h.date[:10]) for h in shown], done=True, kind="search",
+                      parts=parts)
+
+    def _stream_followup(self, question: str, previous: Turn) -> Iterator[Answer]:
+        """A follow-up about the previous turn's photo(s): rewritten to name them when it fits a trained form."""
+        rewritten = followup_question(question, previous.parts)
+        if rewritten is None or len(previous.photos) != 1:
+            yield from self._stream_about(question, previous.photos[0], parts=previous.parts)
+            return
+        from app.search import indexed_hit
+
+        try:
+            hit = indexed_hit(self.index, previous.photos[0])
+        except QueryError:  # the photo left the index since: ask about the file itself
+            yield from self._stream_about(question, previous.photos[0], parts=previous.parts)
+            return
+        for result in self.stream_with_context(rewritten, [hit], previous.parts):
+            result.question = question
+            yield result
+
+    def _generate(self, content: str, images: list[Image.Image], result: Answer) -> Iterator[Answer]:
+        for piece in self.model.stream(content, images, max_new_tokens=self.config.max_new_tokens):
+            result.text += piece
+            yield result
+
+    def _stream_about(self, question: str, image, parts: Sequence[str] = ()) -> Iterator[Answer]:
         if isinstance(image, Image.Image):
             img, path = prepare_image(image.copy(), self.config.max_side), getattr(image, "filename", "") or ""
         else:
             path = os.path.abspath(os.fspath(image))
             img = self._load(path)
-        result = Answer(question, sources=[Source(path, None, cited=True)])
+        result = Answer(question, sources=[Source(path, None, cited=True)], parts=list(parts))
         yield from self._generate(question, [img], result)
         result.text = result.text.strip()
         result.done = True
         yield result
 
+    def _readable(self, hits: dict) -> dict:
+        """{key: decoded photo} of the hits that can still be read (others logged and left out)."""
+        images = {}
+        for key, hit in hits.items():
+            try:
+                images[key] = self._load(hit.path)
+            except QueryError as e:
+                log.warning("leaving out %s: %s", hit.path, e)
+        return images
+
     def _load(self, path: str) -> Image.Image:
+        if path in self._decoded:
+            return self._decoded[path]
+        if len(self._decoded) > 32:  # a long benchmark loop of stream_with_context calls
+            self._decoded.clear()
         try:
             img, _ = load_photo(path, max_pixels=self.config.max_pixels, max_side=self.config.max_side)
         except (SkipPhoto, OSError) as e:
             raise QueryError(f"cannot read the photo {path}: {e}") from None
+        self._decoded[path] = img
         return img
-
-
-def answer(index, question: str, k: int | None = None, filters: Filters | None = None,
-           config: AnswerConfig | None = None) -> Answer:
-    """One grounded answer from a PhotoIndex, with its own model (see Answerer)."""
-    return Answerer(index.model, index, config).answer(question, k=k, filters=filters)

@@ -1,6 +1,7 @@
-"""Defaults for the photo app: where the shipped model and the database live, and index settings.
+"""Defaults for the photo app: where the shipped model and the database live, and every tunable.
 
-This is the one home of the app's default paths and tunables. Importing it has no side effects.
+This is the one home of the app's default paths and tunables (indexing, search, answers, the web UI);
+command-line help shows these defaults. Importing it has no side effects.
 """
 
 from __future__ import annotations
@@ -71,15 +72,20 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
 
+# Longest side of the image handed to the model; its processor resizes further.
+DEFAULT_MAX_SIDE = 512
+# Decoded-pixel cap (width * height); bigger files are skipped as decompression bombs. 150 MP admits
+# 100 MP medium-format photos and most panoramas.
+DEFAULT_MAX_PIXELS = 150_000_000
+DEFAULT_K = 10  # results per search, photos retrieved per question
+
+
 @dataclass
 class IndexConfig:
     """How photos are decoded and batched while indexing."""
 
-    # Longest side of the image handed to the model; its processor resizes further.
-    max_side: int = 512
-    # Decoded-pixel cap (width * height); bigger files are skipped as decompression bombs.
-    # 150 MP admits 100 MP medium-format photos and most panoramas.
-    max_pixels: int = 150_000_000
+    max_side: int = DEFAULT_MAX_SIDE
+    max_pixels: int = DEFAULT_MAX_PIXELS
     # Photos per model call.
     batch_size: int = 16
     # Decode threads running ahead of the model.
@@ -92,6 +98,92 @@ class IndexConfig:
 class SearchConfig:
     """Defaults for queries and duplicate detection."""
 
-    k: int = 10
+    k: int = DEFAULT_K
     # Cosine similarity above which two photos count as near duplicates.
     near_duplicate_threshold: float = 0.95
+    # Relevance cutoffs: results scoring below are not shown unless asked for ("N more below the
+    # cutoff"), instead of padding every search to k. Model-specific: calibrated on the shipped model
+    # (benchmarks/calibrate.py, stored in its app_calibration.json); None shows the top k.
+    min_text_score: float | None = None
+    min_image_score: float | None = None
+    # Composed queries (a photo + "but on a white background"): weight of the text's embedding added to
+    # the photo's (app.search.query_vector).
+    composed_text_weight: float = 1.0
+
+
+@dataclass
+class AnswerConfig:
+    """How grounded answers pick their evidence and generate.
+
+    k: photos retrieved for a question (the candidates the context is chosen from).
+    min_score: score a photo needs to count as matching the question (the mean cosine over the things it
+        names with decomposition, else the question's cosine); below it for every photo, the answer is
+        NO_MATCH_ANSWER. Calibrated on the shipped model with benchmarks/grounded.py on a 300-photo album
+        (seed 300): just below the lowest best score of any album question (0.394). On this model
+        the score does not tell off-topic questions apart (on the seed-200 album they score up to 0.86,
+        album questions' best scores have median 0.56), so they are answered from the closest photo (an
+        earlier demo model separated them, 0.643 vs >= 0.728). Scores are model-specific: recalibrate.
+    max_context: at most this many photos are shown to the model.
+    context_margin: only photos within this cosine distance of the best score are shown. A tiny model
+        answers best when the evidence is unambiguous: near-ties are shown, clear runners-up are not.
+        Measured on an earlier demo model (benchmarks/grounded.py, 300 photos, seed 300): margin 0 (the top
+        photo and exact ties) -> answers cite a photo 100% of the time, 32% right; 0.01 (3 photos
+        for 90% of questions) -> 26%, 27%; 0.05 -> 27%, 27%. It was trained with one photo per grounded
+        prompt, so it reads best from one; a model trained with several photos per prompt can use a
+        wider margin (e.g. 0.05).
+    rerank_top: the best this many retrieved photos (those scoring >= min_score) are re-ranked by the
+        same model before the context is chosen from them; 0 or 1 turns re-ranking off (context from
+        retrieval order). Re-ranking asks the generator how likely "a photo of <the things the question
+        names>" (or the question itself, when it names none) is as a description of each photo
+        (CafeModel.reply_logprob with the describe instruction): the embedding ranks by one pooled
+        vector, the generator reads every image token against every word.
+    rerank_weight: score added per nat of that log-likelihood (relevance = score + weight x log P).
+        Calibrated on the shipped model (300 photos, seed 300, top-1 photo of 168 album questions, with
+        decomposition): retrieval alone 0.500; re-ranking the top 5 with weight 0.013 0.554 (0.01: 0.548,
+        0.02: 0.536, 0.05: 0.554).
+    decompose: retrieve a question that names its photo by what it shows ("... in the photo with the
+        red car and the dog?") by each of those things (app.query.referring_parts,
+        app.search.search_all_of) instead of by one embedding of the whole question.
+        Shipped model, seed-300 album: top-1 0.339 by the whole question, 0.500 by its parts (top 5 0.863).
+    check_evidence: before a photo is shown to the model, ask the model whether it shows each thing the
+        question names (app.evidence); photos that fail are never cited, and when none of the best
+        ``evidence_top`` re-ranked photos passes, the answer is a refusal naming what was not found, with
+        the ``max_closest`` closest photos as closest matches.
+    min_yes: P(yes) the probe "Is there <thing> in the photo?" needs (calibrated).
+    min_size_margin: nats by which "a photo of a small X" must beat "a photo of a large X" (and the
+        reverse) for a thing named with its size (calibrated).
+    max_new_tokens: length limit of the generated answer.
+    max_side: longest side of each photo handed to the model (its processor resizes further).
+    """
+
+    k: int = DEFAULT_K
+    min_score: float = 0.39
+    max_context: int = 3
+    context_margin: float = 0.0
+    rerank_top: int = 5
+    rerank_weight: float = 0.013
+    decompose: bool = True
+    check_evidence: bool = True
+    evidence_top: int = 5
+    min_yes: float = 0.5
+    min_size_margin: float = 0.0
+    max_closest: int = 3
+    max_new_tokens: int = 48
+    max_side: int = DEFAULT_MAX_SIDE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class UIConfig:
+    """Limits of the web server (app.ui, app.guard)."""
+
+    max_file_size: str = "25mb"  # one upload: a query photo, not a library (phone photos are 3-12 MB)
+    max_uploads: int = 60  # uploads per client within upload_window_s
+    max_upload_total_bytes: int = 200 * 2**20  # bytes uploaded per client within upload_window_s
+    upload_window_s: float = 3600.0
+    temp_max_age_s: float = 6 * 3600  # temp files (uploads, thumbnails) older than this are deleted
+    temp_max_bytes: int = 1 * 2**30  # ... and the oldest while the temp folder is bigger than this
+    login_base_delay_s: float = 0.5  # wait before judging a client's next login after one failure,
+    login_max_delay_s: float = 8.0  # doubling with each further failure, up to this
+    max_k: int = 60  # largest results-per-search the Settings slider offers
+    page_size: int = 60  # photos per page of the Photos view

@@ -28,7 +28,8 @@ def default_album_dir(db: str | os.PathLike | None = None) -> Path:
     return Path(db).expanduser().resolve().parent / ALBUM_FOLDER if db else default_db_dir().parent / ALBUM_FOLDER
 
 
-def ensure_album(album_dir: str | os.PathLike, n: int = DEMO_N, seed: int = DEMO_SEED, split: str = DEMO_SPLIT) -> Path:
+def ensure_album(album_dir: str | os.PathLike, n: int = DEMO_N, seed: int = DEMO_SEED, split: str = DEMO_SPLIT,
+                 style: str = "plain") -> Path:
     """The album's photos folder, writing the album first unless a complete one with these settings exists.
 
     data.synth writes ground_truth.json last, so its presence with the same (n, seed, split) means
@@ -41,12 +42,13 @@ def ensure_album(album_dir: str | os.PathLike, n: int = DEMO_N, seed: int = DEMO
     if gt_path.exists():
         try:
             gt = json.loads(gt_path.read_text(encoding="utf-8"))
-            if (gt.get("seed"), gt.get("split"), len(gt.get("photos", []))) == (seed, split, n):
+            wanted = (seed, split, n, style)
+            if (gt.get("seed"), gt.get("split"), len(gt.get("photos", [])), gt.get("style", "plain")) == wanted:
                 return album_dir / PHOTOS_DIR
         except (OSError, ValueError):
             pass  # unreadable: write it again
     print(f"writing a sample album of {n} photos to {album_dir} ...", file=sys.stderr, flush=True)
-    write_album(album_dir, n=n, seed=seed, split=split)
+    write_album(album_dir, n=n, seed=seed, split=split, style=style)
     return album_dir / PHOTOS_DIR
 
 

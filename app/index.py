@@ -22,11 +22,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
-from app.config import ConfigError, IndexConfig, default_db_dir, resolve_model
+from app.config import ConfigError, IndexConfig, default_db_dir
 from app.photos import (
     CORRUPT,
     TOO_LARGE,
@@ -36,6 +36,7 @@ from app.photos import (
     decode_photo,
     photo_path,
     read_photo,
+    under_any,
     walk_photos,
 )
 from app.store import (
@@ -104,10 +105,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _under(path: str, roots: Sequence[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
 class PhotoIndex:
     """A model plus the Chroma collection that holds its photo vectors.
 
@@ -140,12 +137,10 @@ class PhotoIndex:
         create: True to start a new index for this model (indexing); False refuses a database that
             holds no index for this model (searching), with a message that says how to re-index.
         """
-        config = config or IndexConfig()
-        if model is None or isinstance(model, (str, os.PathLike)):
-            from cafe_core import CafeModel
+        from app.model import load_model
 
-            model = CafeModel.load(resolve_model(os.fspath(model) if model else None), device=device,
-                                   batch_size=config.batch_size)
+        config = config or IndexConfig()
+        model = load_model(model, device=device, batch_size=config.batch_size)
         if chroma_host:
             location = ChromaLocation(host=chroma_host, port=int(chroma_port or 8000))
         else:
@@ -181,8 +176,8 @@ class PhotoIndex:
             return shard_n == 1 or shard_of(record_id, shard_n) == shard_i
 
         stored_all = self.store.scan()
-        stored = {i: s for i, s in stored_all.items() if mine(i) and _under(s.path, roots)}
-        skips = {i: s for i, s in self.store.skipped().items() if mine(i) and _under(s.path, roots)}
+        stored = {i: s for i, s in stored_all.items() if mine(i) and under_any(s.path, roots)}
+        skips = {i: s for i, s in self.store.skipped().items() if mine(i) and under_any(s.path, roots)}
         # Any stored photo with the same bytes lends its vector (touched, moved or copied files).
         by_hash = {s.content_hash: s.id for s in stored_all.values() if s.content_hash}
 

@@ -17,10 +17,11 @@ import os
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from app.config import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from data.images import register_openers, to_model_image
 
 IMAGE_EXTENSIONS = frozenset(
@@ -110,8 +111,10 @@ def is_photo_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _inside(real: str, real_roots: Sequence[str]) -> bool:
-    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots)
+def under_any(path: str, roots: Iterable[str]) -> bool:
+    """True when ``path`` is one of ``roots`` or inside one (plain string test: resolve symlinks first
+    where that matters)."""
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
 def walk_photos(roots: Iterable[str | os.PathLike]) -> Iterator[FileEntry]:
@@ -179,7 +182,7 @@ def walk_photos(roots: Iterable[str | os.PathLike]) -> Iterator[FileEntry]:
         yield from walk_dir(root, root)
     while deferred:
         path, root, is_dir = deferred.pop(0)
-        if not _inside(os.path.realpath(path), real_roots):
+        if not under_any(os.path.realpath(path), real_roots):
             continue
         if is_dir:
             yield from walk_dir(path, root)
@@ -220,7 +223,7 @@ class RawPhoto:
     image: Image.Image  # opened lazily by PIL: header parsed, pixels not decoded
 
 
-def read_photo(path: str | os.PathLike, root: str | None = None, max_pixels: int = 150_000_000) -> RawPhoto:
+def read_photo(path: str | os.PathLike, root: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> RawPhoto:
     """Read a file, hash it and parse its header and EXIF, without decoding pixels.
 
     Raises SkipPhoto for empty, unreadable, non-image, oversized and (when detectable from the
@@ -294,7 +297,7 @@ def read_photo(path: str | os.PathLike, root: str | None = None, max_pixels: int
     return RawPhoto(data=data, meta=meta, image=image)
 
 
-def decode_photo(raw: RawPhoto, max_side: int = 512) -> Image.Image:
+def decode_photo(raw: RawPhoto, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
     """Decode a RawPhoto into an upright RGB image whose longest side is at most `max_side`
     (data.images.to_model_image: the same pixels the model was trained on).
 
@@ -307,7 +310,7 @@ def decode_photo(raw: RawPhoto, max_side: int = 512) -> Image.Image:
 
 
 def load_photo(
-    path: str | os.PathLike, max_pixels: int = 150_000_000, max_side: int = 512, root: str | None = None
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, root: str | None = None
 ) -> tuple[Image.Image, PhotoMeta]:
     """Read and decode one photo: (upright RGB image, longest side <= max_side; its metadata).
 
@@ -317,7 +320,7 @@ def load_photo(
     return decode_photo(raw, max_side=max_side), raw.meta
 
 
-def prepare_image(image: Image.Image, max_side: int = 512) -> Image.Image:
+def prepare_image(image: Image.Image, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
     """Make an in-memory image (e.g. an upload) ready for the model, exactly as indexing does."""
     return to_model_image(image, max_side)
 

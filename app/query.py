@@ -1,4 +1,15 @@
-"""Query decomposition: the things a question says its photo shows.
+"""Reading a chat message: what kind of request it is, and the things it says its photo shows.
+
+`parse_message(text, has_previous)` sorts a message into one of four kinds:
+- "photo": a question that names its photo by what it shows ("... in the photo with the red circle?");
+- "search": a request for photos ("Show me photos of a red circle", "Are there pictures with a dog?");
+- "followup": a question about the photo(s) of the previous turn ("When was it taken?", "What about the
+  one on the right?", or any question that names no photo of its own while a conversation has one);
+- "other": anything else, with no photo to answer from (general knowledge, chit-chat).
+`followup_question(text, parts)` rewrites a follow-up in a form the model was trained on, naming the
+previous photo ("When was it taken?" -> "In what year was the photo with the red circle taken?").
+
+The things a question says its photo shows:
 
 "What color is the background in the photo with the large green circle and the small red square?"
 names its photo by two things; one pooled embedding of the whole question blurs them together (and
@@ -19,6 +30,8 @@ and Z"; any other question gives [] and is retrieved by its own embedding, as be
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Sequence
 
 # "the photo with ...", "a picture showing ...", "the images of ...", "the one with ..."
 _CLAUSE = re.compile(
@@ -35,6 +48,22 @@ _INDEFINITE = re.compile(r"^(?:a|an)\s+", re.IGNORECASE)
 # A plural or counted part keeps its own wording ("two dogs"): only singular "the X" becomes "a X".
 _KEEP = re.compile(r"^(?:my|our|his|her|their|your|some|two|three|four|five|\d+)\b", re.IGNORECASE)
 MAX_PARTS = 6
+
+KINDS = ("photo", "search", "followup", "other")
+# "Show me photos of X", "find pictures with X", "are there any images showing X", "do I have photos of X"
+_SEARCH = re.compile(
+    r"^\s*(?:please\s+|can you\s+|could you\s+)*(?:show(?: me)?|find(?: me)?|search(?: for)?|look for|list|get me|"
+    r"give me|are there(?: any)?|is there(?: any| a)?|do i have(?: any)?|have i got(?: any)?)\s+"
+    r"(?:all\s+|any\s+|the\s+|some\s+|my\s+)?(?:photos?|pictures?|images?|pics?|shots?|snapshots?)\s+"
+    r"(?:of|with|showing|containing|that (?:show|have|contain)s?|where (?:there (?:is|are)\s+)?)\s*(?P<target>.+?)\s*[?.!]*$",
+    re.IGNORECASE,
+)
+# Words that point back at the photo of the previous turn.
+_REFERENCE = re.compile(
+    r"\b(?:it|its|it's|that photo|this photo|that picture|this picture|that image|this image|that one|this one|"
+    r"the same(?: one| photo| picture)?|the photo|the picture|the image)\b|^\s*(?:and|what about|how about)\b",
+    re.IGNORECASE,
+)
 
 
 def referring_parts(question: str) -> list[str]:
@@ -54,3 +83,79 @@ def referring_parts(question: str) -> list[str]:
         if phrase.lower() not in (p.lower() for p in parts):
             parts.append(phrase)
     return parts[:MAX_PARTS]
+
+
+def search_target(text: str) -> list[str]:
+    """The things a "show me photos of X and Y" request asks for, or [] when it is not one."""
+    match = _SEARCH.match(text or "")
+    if not match:
+        return []
+    return referring_parts(f"the photo with {match.group('target')}")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A chat message read for what it asks (see module doc). ``parts``: the things it names."""
+
+    kind: str
+    parts: tuple[str, ...] = ()
+
+
+def parse_message(text: str, has_previous: bool = False) -> Parsed:
+    """Sort a message into photo / search / followup / other (see module doc)."""
+    target = search_target(text)
+    if target:
+        return Parsed("search", tuple(target))
+    parts = referring_parts(text)
+    if parts:
+        return Parsed("photo", tuple(parts))
+    if has_previous and (_REFERENCE.search(text or "") or _asks_about_a_photo(text)):
+        return Parsed("followup")
+    return Parsed("other")
+
+
+# Question words that ask something a photo can answer (its content, when it was taken).
+_ABOUT_A_PHOTO = re.compile(
+    r"\b(?:color|colour|background|how many|objects?|shapes?|left|right|middle|centre|center|taken|year|when|"
+    r"date|size|big|small|large|describe|show|shows|is there|are there)\b",
+    re.IGNORECASE,
+)
+
+
+def _asks_about_a_photo(text: str) -> bool:
+    return bool(_ABOUT_A_PHOTO.search(text or ""))
+
+
+def the_parts(parts: Sequence[str]) -> str:
+    """"the red circle and the small blue star": parts as a question names them."""
+    named = [_INDEFINITE.sub("the ", p) for p in parts]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+
+
+_FOLLOWUP_FORMS = (
+    (re.compile(r"\b(?:when|what year|which year|what date|how old)\b", re.IGNORECASE), "In what year was {the} taken?"),
+    (re.compile(r"\bbackground\b", re.IGNORECASE), "What color is the background in {the}?"),
+    (re.compile(r"\bhow many\b", re.IGNORECASE), "How many objects are in {the}?"),
+    (re.compile(r"\b(?:on the )?left\b", re.IGNORECASE), "What is on the left in {the}?"),
+    (re.compile(r"\b(?:on the )?right\b", re.IGNORECASE), "What is on the right in {the}?"),
+    (re.compile(r"\b(?:in the )?(?:middle|centre|center)\b", re.IGNORECASE), "What is in the middle in {the}?"),
+)
+
+
+def followup_question(text: str, parts: Sequence[str]) -> str | None:
+    """A follow-up rewritten in a form the grounded answers were trained on, naming the previous photo by
+    ``parts`` (its referring parts): "When was it taken?" -> "In what year was the photo with the red
+    circle taken?". None when no form fits or the previous photo was named by nothing (then the question
+    is asked about that photo as it is)."""
+    if not parts:
+        return None
+    the = f"the photo with {the_parts(parts)}"
+    for pattern, form in _FOLLOWUP_FORMS:
+        if pattern.search(text):
+            if "{the}?" in form and form.startswith("What is") and _ATTRIBUTE.search(text):
+                return None  # "What shape is on the left?": not "what is there"; asked as it is
+            return form.format(the=the)
+    return None
+
+
+_ATTRIBUTE = re.compile(r"\b(?:shape|colou?r|size)\b", re.IGNORECASE)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -138,7 +138,8 @@ def format_date(epoch: float) -> str:
     return dt.datetime.fromtimestamp(float(epoch)).astimezone().isoformat(timespec="seconds")
 
 
-def _hit(record_id: str, score: float, meta: dict) -> Hit:
+def hit_from_record(record_id: str, score: float, meta: dict) -> Hit:
+    """A stored record (id, its metadata) as a Hit with ``score``."""
     return Hit(id=record_id, path=meta["path"], score=score, taken=float(meta.get("taken", 0.0)), metadata=meta)
 
 
@@ -150,7 +151,7 @@ def indexed_hit(index, path: str, score: float = 1.0) -> Hit:
     found = index.store.get([record_id])
     if record_id not in found:
         raise QueryError(f"{path} is not in the index")
-    return _hit(record_id, score, found[record_id])
+    return hit_from_record(record_id, score, found[record_id])
 
 
 def query_image(index, image) -> Image.Image:
@@ -164,18 +165,33 @@ def query_image(index, image) -> Image.Image:
     return img
 
 
-def query_vector(index, text: str | None = None, image=None) -> np.ndarray:
-    """(dim,) query embedding: text alone, image alone, or the composed image+text query."""
+def query_vector(index, text: str | None = None, image=None,
+                 text_weight: float = SearchConfig.composed_text_weight) -> np.ndarray:
+    """(dim,) query embedding: text alone, image alone, or a composed image+text query.
+
+    A composed query ("like this photo, but on a white background") is the normalised sum of the photo's
+    and the text's embeddings, the text weighted by ``text_weight`` (SearchConfig.composed_text_weight;
+    a model trained on composed queries can take them whole: CafeModel.embed_multimodal). Both the photo
+    and the text then move the results.
+    """
     text = text.strip() if isinstance(text, str) else None
     if not text and image is None:
         raise QueryError("give a text, an image, or both")
     model = index.model
-    if image is not None:
-        img = query_image(index, image)
-        vectors = model.embed_multimodal([img], [text]) if text else model.embed_images([img])
-    else:
-        vectors = model.embed_texts([text])
-    return np.asarray(vectors[0], dtype=np.float32)
+    if image is None:
+        return np.asarray(model.embed_texts([text])[0], dtype=np.float32)
+    picture = np.asarray(model.embed_images([query_image(index, image)])[0], dtype=np.float32)
+    if not text:
+        return picture
+    combined = picture + text_weight * np.asarray(model.embed_texts([text])[0], dtype=np.float32)
+    return combined / max(float(np.linalg.norm(combined)), 1e-12)
+
+
+def split_at(hits: Sequence[Hit], cutoff: float | None) -> tuple[list[Hit], list[Hit]]:
+    """(hits scoring at least ``cutoff``, the rest): what is shown, and what is "below the cutoff"."""
+    if cutoff is None:
+        return list(hits), []
+    return [h for h in hits if h.score >= cutoff], [h for h in hits if h.score < cutoff]
 
 
 def search_vector(
@@ -202,7 +218,7 @@ def search_vector(
         wide = store.query(vector, max(k * OVERFETCH, MIN_OVERFETCH))
         passing = [r for r in wide if filters.matches(r[2])]
         found = passing[:k] if len(passing) >= k or len(wide) >= store.count() else store.query(vector, k, where)
-    hits = [_hit(i, s, m) for i, s, m in found]
+    hits = [hit_from_record(i, s, m) for i, s, m in found]
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     if sort == "newest":
@@ -214,13 +230,14 @@ def search_vector(
 
 def search(
     index, text: str | None = None, image=None, *, k: int = SearchConfig.k, min_score: float | None = None,
-    filters: Filters | None = None, sort: str = "relevance",
+    filters: Filters | None = None, sort: str = "relevance", text_weight: float = SearchConfig.composed_text_weight,
 ) -> list[Hit]:
     """Search the index with a text, an image (path or PIL image) or both (composed query).
 
     Returns at most k hits with score >= min_score that pass `filters`, ordered by `sort`.
     """
-    return search_vector(index, query_vector(index, text, image), k=k, min_score=min_score, filters=filters, sort=sort)
+    vector = query_vector(index, text, image, text_weight)
+    return search_vector(index, vector, k=k, min_score=min_score, filters=filters, sort=sort)
 
 
 def search_all_of(
@@ -250,7 +267,7 @@ def search_all_of(
     if not ids:
         return []
     scores = (np.stack([stored[i] for i in ids]) @ part_vectors.T).mean(axis=1)
-    hits = [_hit(ids[n], float(scores[n]), candidates[ids[n]]) for n in np.argsort(-scores, kind="stable")[:k]]
+    hits = [hit_from_record(ids[n], float(scores[n]), candidates[ids[n]]) for n in np.argsort(-scores, kind="stable")[:k]]
     return [h for h in hits if min_score is None or h.score >= min_score]
 
 

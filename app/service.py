@@ -1,9 +1,9 @@
-"""PhotoService: the state behind the web UI, shared by every browser tab of one server.
+"""PhotoService: everything the web UI does, behind one door, shared by every browser tab of one server.
 
 One CafeModel serves indexing, search and answers. Indexing runs in a background thread (one job at
 a time) that reports progress, so the page never waits on it and every tab sees the same job and
-the same index. Store calls from the job and from searches are serialized (PhotoStore is made for
-one caller at a time per process). Nothing here imports gradio.
+the same index. What the pages show (folders, counts, the photo timeline) is read from the store
+each time it is asked for, so a reload shows what is there. Nothing here imports gradio.
 """
 
 from __future__ import annotations
@@ -12,40 +12,20 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Iterator, Sequence
 
-from app.answer import AnswerConfig, Answerer
-from app.config import ConfigError, IndexConfig, resolve_model
-from app.photos import IMAGE_EXTENSIONS, SkipPhoto, load_photo, photo_path
-from app.search import Filters, Hit, QueryError, search
+from app.answer import Answer, Answerer, Turn
+from app.calibration import calibrated, load_calibration
+from app.config import AnswerConfig, ConfigError, IndexConfig, SearchConfig
+from app.photos import SkipPhoto, load_photo, photo_path, walk_photos
+from app.search import Filters, Hit, QueryError, hit_from_record, search, split_at
 from app.store import photo_id
+from cafe_core.vocab import TrainingVocab
 
 THUMBNAIL_SIDE = 384  # gallery thumbnails: small to send, big enough to see the photo
 CHAT_THUMBNAIL_SIDE = 160  # photos inside chat messages: a glance, the gallery has the big one
-
-
-class _SerializedStore:
-    """A PhotoStore whose methods run one at a time (the index job writes while tabs search)."""
-
-    def __init__(self, store, lock: threading.RLock):
-        self._store = store
-        self._lock = lock
-
-    def __getattr__(self, name):
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-        lock = self._lock
-
-        def call(*args, **kwargs):
-            with lock:
-                out = attr(*args, **kwargs)
-                # Generators (iter_records) must run under the lock too: drain them here.
-                return iter(list(out)) if hasattr(out, "__next__") else out
-
-        return call
 
 
 @dataclass
@@ -78,46 +58,46 @@ class IndexJob:
 
 
 class PhotoService:
-    """A model, its photo index and answerer, the indexed roots, and the background index job.
+    """A model, its photo index and answerer, and the background index job.
 
     model: a loaded CafeModel, or a model path / hub id / None (the shipped demo model).
     thumbs_dir: where thumbnails are written (the server's own temp folder).
     """
 
     def __init__(self, db: str | os.PathLike, model=None, *, device: str = "auto", thumbs_dir: str | os.PathLike,
-                 answer_config: AnswerConfig | None = None, index_config: IndexConfig | None = None):
+                 answer_config: AnswerConfig | None = None, index_config: IndexConfig | None = None,
+                 search_config: SearchConfig | None = None):
         self.db = os.fspath(db)
         self.device = device
         self.index_config = index_config or IndexConfig()
-        self.answer_config = answer_config or AnswerConfig()
+        # Defaults; the loaded model's calibrated settings (app.calibration) apply over them.
+        self._answer_defaults = answer_config or AnswerConfig()
+        self._search_defaults = search_config or SearchConfig()
         self.thumbs_dir = Path(thumbs_dir)
         self.thumbs_dir.mkdir(parents=True, exist_ok=True)
-        self._store_lock = threading.RLock()
         self._job_lock = threading.Lock()
         self.job: IndexJob | None = None
         self._thread: threading.Thread | None = None
-        self.roots: list[str] = []
-        # Called with each folder indexed for the first time (the UI makes it servable).
-        self.on_new_root: Callable[[str], None] | None = None
         self._open(model)
 
     # -------------------------------------------------------------------------------- model + index
 
     def _open(self, model) -> None:
         from app.index import PhotoIndex
+        from app.model import load_model
 
-        if model is None or isinstance(model, (str, os.PathLike)):
-            from cafe_core import CafeModel
-
-            model = CafeModel.load(resolve_model(os.fspath(model) if model else None), device=self.device,
-                                   batch_size=self.index_config.batch_size)
+        model = load_model(model, device=self.device, batch_size=self.index_config.batch_size)
         # create=True: a model without an index yet gets an empty one (the Library tab offers indexing).
-        index = PhotoIndex.open(db=self.db, model=model, create=True, config=self.index_config)
-        index.store = _SerializedStore(index.store, self._store_lock)
-        self.model, self.index = model, index
-        self.answerer = Answerer(model, index, self.answer_config)
-        known = {m.get("root") for _, metas, _ in index.store.iter_records() for m in metas}
-        self.roots = sorted(set(self.roots) | {r for r in known if r})
+        self.index = PhotoIndex.open(db=self.db, model=model, create=True, config=self.index_config)
+        self.model = model
+        calibration = load_calibration(model)
+        self.answer_config = calibrated(self._answer_defaults, "answer", calibration)
+        self.search_config = calibrated(self._search_defaults, "search", calibration)
+        self.vocab = TrainingVocab.load(model.name) if os.path.isdir(model.name) else None
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
 
     def switch_model(self, model: str) -> None:
         """Load another model (its own index in the same database; re-index to fill it)."""
@@ -136,7 +116,10 @@ class PhotoService:
         return self.job is not None and self.job.state == "running"
 
     def start_indexing(self, folders: list[str] | str) -> IndexJob:
-        """Index (or update) folders in the background; returns the job (the running one if busy)."""
+        """Index (or update) folders in the background; returns the job (the running one if busy).
+
+        ConfigError, before any work, for a path that is not a folder or a folder with no photos in it.
+        """
         if isinstance(folders, str):
             folders = [folders]
         roots = [photo_path(f.strip()) for f in folders if f and f.strip()]
@@ -145,6 +128,9 @@ class PhotoService:
         for root in roots:
             if not os.path.isdir(root):
                 raise ConfigError(f"{root} is not a folder")
+            if root not in self.roots() and next(iter(walk_photos([root])), None) is None:
+                raise ConfigError(f"no photos found in {root} (JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC files, "
+                                  "hidden folders skipped)")
         with self._job_lock:
             if self.indexing:
                 return self.job
@@ -154,16 +140,18 @@ class PhotoService:
             self._thread.start()
         return job
 
+    def reindex_all(self) -> IndexJob:
+        roots = self.roots()
+        if not roots:
+            raise ConfigError("no folders indexed yet: index a folder first")
+        return self.start_indexing(roots)
+
     def _run_job(self, job: IndexJob) -> None:
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
 
         try:
             job.report = self.index.update(job.roots, on_progress=progress)
-            for root in job.roots:
-                if root not in self.roots and self.on_new_root is not None:
-                    self.on_new_root(root)
-            self.roots = sorted(set(self.roots) | set(job.roots))
             job.state = "done"
         except Exception as e:  # shown in the UI; the index keeps what was written (rerun continues)
             job.error = f"{type(e).__name__}: {e}"
@@ -180,10 +168,64 @@ class PhotoService:
 
     # ------------------------------------------------------------------------------------- queries
 
-    def search(self, text: str | None = None, image=None, k: int = 12, min_score: float | None = None,
+    def search(self, text: str | None = None, image=None, k: int | None = None, min_score: float | None = None,
                filters: Filters | None = None) -> list[Hit]:
         """app.search.search on this service's index."""
-        return search(self.index, text=text or None, image=image, k=k, min_score=min_score, filters=filters)
+        return search(self.index, text=text or None, image=image, k=k or self.search_config.k, min_score=min_score,
+                      filters=filters, text_weight=self.search_config.composed_text_weight)
+
+    def cutoff(self, text: str | None, image) -> float | None:
+        """The relevance cutoff of a query: the image one for photo (or photo + text) queries."""
+        return self.search_config.min_image_score if image is not None else self.search_config.min_text_score
+
+    def search_page(self, text: str | None = None, image=None, k: int | None = None,
+                    filters: Filters | None = None) -> tuple[list[Hit], list[Hit]]:
+        """The top k for a query split at its relevance cutoff: (shown, below the cutoff)."""
+        return split_at(self.search(text, image, k, None, filters), self.cutoff(text, image))
+
+    # ------------------------------------------------------------------------ what the model knows
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` the model never saw in training ([] for an open-vocabulary model)."""
+        return self.vocab.unknown(text) if self.vocab and text else []
+
+    def example_queries(self, n: int = 4) -> list[str]:
+        """Queries built from the words the model was trained on (for an open-vocabulary model: generic ones)."""
+        from data.vocab import BACKGROUNDS, COLORS, SHAPES
+
+        if self.vocab is None:
+            return ["a dog on the beach", "a birthday cake", "sunset over the sea", "a red car"][:n]
+        colors, shapes = self.vocab.most_common(COLORS), self.vocab.most_common(SHAPES)
+        backgrounds = self.vocab.most_common(BACKGROUNDS)
+        if not (colors and shapes):
+            return self.vocab.most_common(sorted(self.vocab.words))[:n]
+        out = [f"a {colors[0]} {shapes[0]}", f"a {colors[-1]} {shapes[-1]} and a {colors[1 % len(colors)]} "
+               f"{shapes[1 % len(shapes)]}"]
+        if backgrounds:
+            out.append(f"a {colors[2 % len(colors)]} {shapes[2 % len(shapes)]} on a {backgrounds[0]} background")
+        out.append(f"a small {colors[3 % len(colors)]} {shapes[3 % len(shapes)]} on the left")
+        return out[:n]
+
+    def example_questions(self) -> list[str]:
+        """Chat examples built like example_queries: a question naming its photo, a search, a follow-up."""
+        queries = self.example_queries(2)
+        the = queries[0].replace("a ", "the ", 1)
+        return [f"What color is the background in the photo with {the}?", f"Show me photos of {queries[-1]}",
+                "When was it taken?"]
+
+    def model_scope(self) -> str:
+        """One line on what the loaded model can recognise."""
+        if self.vocab is None:
+            return f"`{self.model.name}` has no training vocabulary on file: it is treated as open-vocabulary."
+        return (f"`{Path(self.model.name).name}` was trained on {len(self.vocab.words)} words (the sample world's "
+                "shapes, colors, sizes, positions and backgrounds); queries with other words get a note.")
+
+    def ask(self, question: str, image=None, history: Sequence[Turn] = (), config: AnswerConfig | None = None,
+            **overrides) -> Iterator[Answer]:
+        """Stream a checked, grounded answer (app.answer.Answerer.stream), given the conversation so far;
+        ``overrides`` replace AnswerConfig fields."""
+        cfg = replace(config or self.answer_config, **overrides)
+        return Answerer(self.model, self.index, cfg, vocab=self.vocab).stream(question, image=image, history=history)
 
     def indexed_photo(self, path: str) -> str:
         """`path` if it is a photo in the index, else QueryError (handlers never read other files)."""
@@ -192,22 +234,23 @@ class PhotoService:
             raise QueryError("that photo is not in the index")
         return path
 
-    def stats(self) -> dict:
-        """Index statistics for the Settings and Library tabs."""
-        skipped = self.index.store.skipped()
-        return {
-            "model": self.model.name,
-            "fingerprint": self.model.fingerprint,
-            "embedding_dim": self.model.dim,
-            "database": self.db,
-            "photos": self.index.count(),
-            "skipped": len(skipped),
-            "roots": list(self.roots),
-        }
+    def photo_file(self, record_id: str) -> str | None:
+        """The path of the indexed photo with this record id, or None (what the server may send)."""
+        found = self.index.store.get([record_id]) if record_id else {}
+        return found[record_id]["path"] if record_id in found else None
 
-    def skip_list(self) -> list[tuple[str, str, str]]:
-        """(path, reason, detail) of every skipped file under the indexed roots."""
-        return sorted((s.path, s.reason, s.detail) for s in self.index.store.skipped().values())
+    def timeline(self, offset: int = 0, limit: int = 60) -> tuple[list[Hit], int]:
+        """A page of the library, newest first, and the number of photos in it."""
+        records = [(i, m) for ids, metas, _ in self.index.store.iter_records() for i, m in zip(ids, metas)]
+        records.sort(key=lambda r: (-float(r[1].get("taken", 0.0)), r[1].get("path", "")))
+        return [hit_from_record(i, 1.0, m) for i, m in records[offset: offset + limit]], len(records)
+
+    # ---------------------------------------------------------------------------------- library state
+
+    def roots(self) -> list[str]:
+        """Every folder indexed as a root, read from the store (so every tab and reload agrees)."""
+        found = {m.get("root") for _, metas, _ in self.index.store.iter_records() for m in metas}
+        return sorted(r for r in found if r)
 
     def folders(self) -> list[str]:
         """Every folder that holds indexed photos (for the folder filter)."""
@@ -215,6 +258,22 @@ class PhotoService:
         for _, metas, _ in self.index.store.iter_records():
             found.update(m.get("folder", "") for m in metas)
         return sorted(f for f in found if f)
+
+    def stats(self) -> dict:
+        """Index statistics for the Settings and Library tabs."""
+        return {
+            "model": self.model.name,
+            "fingerprint": self.model.fingerprint,
+            "embedding_dim": self.model.dim,
+            "database": self.db,
+            "photos": self.index.count(),
+            "skipped": len(self.index.store.skipped()),
+            "roots": self.roots(),
+        }
+
+    def skip_list(self) -> list[tuple[str, str, str]]:
+        """(path, reason, detail) of every skipped file under the indexed roots."""
+        return sorted((s.path, s.reason, s.detail) for s in self.index.store.skipped().values())
 
     # ---------------------------------------------------------------------------------- thumbnails
 
@@ -233,14 +292,3 @@ class PhotoService:
             img.save(tmp, "JPEG", quality=85)
             os.replace(tmp, out)  # atomic: a tab never sees half a thumbnail
         return str(out)
-
-    def servable(self, path: str) -> bool:
-        """True for an image file inside an indexed root, symlinks resolved (what the UI may serve)."""
-        real = os.path.realpath(path)
-        if Path(real).suffix.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(real):
-            return False
-        return any(_inside(real, os.path.realpath(r)) for r in self.roots)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)

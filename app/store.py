@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,8 @@ class PhotoStore:
     Reads stay correct while another process writes (an `index` run next to a search): the store
     reopens the database when the photo count moved under it (at most once a second, so new photos
     show up within about a second), and retries a read that Chroma fails with a stale in-memory
-    index. Use one PhotoStore per database and process.
+    index. Use one PhotoStore per database and process; its methods may be called from several
+    threads (the web UI's index job writes while its tabs search): each Chroma call holds the store's lock.
     """
 
     READ_ATTEMPTS = 20
@@ -212,6 +214,7 @@ class PhotoStore:
         self.dim = int(dim)
         self.model_name = model_name or fingerprint
         self.name = collection_name(fingerprint)
+        self._lock = threading.RLock()
         self.client = location.connect()
         self.collection = self._open(create)
         self._skips = None
@@ -267,7 +270,12 @@ class PhotoStore:
         self._checked_at = time.monotonic()
 
     def _read(self, fn):
-        """Run a read, reopening the database when another process changed it (embedded Chroma only)."""
+        """Run a read under the lock, reopening the database when another process changed it (embedded
+        Chroma only)."""
+        with self._lock:
+            return self._read_unlocked(fn)
+
+    def _read_unlocked(self, fn):
         import chromadb.errors
 
         if self.location.embedded and time.monotonic() - self._checked_at >= self.REFRESH_INTERVAL_S:
@@ -301,21 +309,24 @@ class PhotoStore:
 
     def count(self) -> int:
         """Photos stored."""
-        return self.collection.count()
+        with self._lock:
+            return self.collection.count()
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict]) -> None:
         """Insert or replace records by id (rerunning the same upsert changes nothing)."""
         if not ids:
             return
         vectors = self._check(vectors)
-        self.collection.upsert(ids=list(ids), embeddings=vectors, metadatas=[_clean(m) for m in metadatas])
-        self._wrote()
+        with self._lock:
+            self.collection.upsert(ids=list(ids), embeddings=vectors, metadatas=[_clean(m) for m in metadatas])
+            self._wrote()
 
     def delete(self, ids: Sequence[str]) -> None:
-        for start in range(0, len(ids), PAGE):
-            self.collection.delete(ids=list(ids[start : start + PAGE]))
-        if ids:
-            self._wrote()
+        with self._lock:
+            for start in range(0, len(ids), PAGE):
+                self.collection.delete(ids=list(ids[start : start + PAGE]))
+            if ids:
+                self._wrote()
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by id (missing ids are absent from the result)."""
@@ -382,12 +393,13 @@ class PhotoStore:
 
     @property
     def skips(self):
-        if self._skips is None:
-            # Records need a vector in Chroma; skipped files get a constant 1-d placeholder.
-            self._skips = self.client.get_or_create_collection(
-                SKIP_COLLECTION, embedding_function=None, metadata={"kind": "cafe-photos-skips"}
-            )
-        return self._skips
+        with self._lock:
+            if self._skips is None:
+                # Records need a vector in Chroma; skipped files get a constant 1-d placeholder.
+                self._skips = self.client.get_or_create_collection(
+                    SKIP_COLLECTION, embedding_function=None, metadata={"kind": "cafe-photos-skips"}
+                )
+            return self._skips
 
     def skipped(self) -> dict[str, SkipRecord]:
         """The skip list: files that failed to load, by id."""
@@ -407,6 +419,10 @@ class PhotoStore:
     def add_skips(self, records: Sequence[SkipRecord]) -> None:
         if not records:
             return
+        with self._lock:
+            self._add_skips(records)
+
+    def _add_skips(self, records: Sequence[SkipRecord]) -> None:
         self.skips.upsert(
             ids=[r.id for r in records],
             embeddings=np.ones((len(records), 1), dtype=np.float32),
@@ -418,8 +434,9 @@ class PhotoStore:
         )
 
     def remove_skips(self, ids: Sequence[str]) -> None:
-        for start in range(0, len(ids), PAGE):
-            self.skips.delete(ids=list(ids[start : start + PAGE]))
+        with self._lock:
+            for start in range(0, len(ids), PAGE):
+                self.skips.delete(ids=list(ids[start : start + PAGE]))
 
 
 def _clean(meta: dict) -> dict:

@@ -1,44 +1,35 @@
-"""The Gradio web UI: Library, Search, Chat and Settings tabs over one PhotoService.
+"""The Gradio web UI: Photos, Library, Chat and Settings tabs over one PhotoService.
 
     python -m app serve [--db DB_DIR] [--model MODEL] [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--share]
 
-Safe by default: binds 127.0.0.1; --host 0.0.0.0 and --share only when asked; serves only image files
-inside the indexed roots and the server's own temp folder (uploads, thumbnails); no analytics, run
-history, monitoring or MCP endpoints; uploads are capped at MAX_UPLOAD. Every event handler has a
-stable api_name, so the same flows work through gradio_client.
+The service is the UI's only door to the model and the index. Safe by default: binds 127.0.0.1;
+--host 0.0.0.0 and --share only when asked; app.guard serves indexed photos by id and Gradio's file
+routes only inside the server's own temp folder; no analytics, run history, monitoring or MCP
+endpoints. Every event handler has a stable api_name, so the same flows work through gradio_client.
+The CLI (app.__main__) turns telemetry off before this module is imported.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
-# Before gradio is imported: no analytics or version-check calls, whatever the environment says.
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+import gradio as gr
 
-import dataclasses  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from urllib.parse import quote  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import gradio as gr  # noqa: E402
-
-from app.answer import Answerer  # noqa: E402
-from app.config import ConfigError, SearchConfig  # noqa: E402
-from app.search import Filters, Hit, QueryError  # noqa: E402
-from app.service import CHAT_THUMBNAIL_SIDE, PhotoService  # noqa: E402
-from app.store import StoreError  # noqa: E402
+from app.answer import Turn
+from app.config import ConfigError, UIConfig
+from app.guard import Guard, photo_url
+from app.search import Filters, Hit, QueryError
+from app.service import CHAT_THUMBNAIL_SIDE, PhotoService
+from app.store import StoreError
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 7860
-MAX_UPLOAD = "25mb"  # a query photo, not a library: phone photos are 3-12 MB
-# Temp files (uploads, thumbnails) older than this are deleted while the server runs.
-TEMP_MAX_AGE_S = 6 * 3600
-MAX_K = 60
 # Image toolbars without "share" (it uploads the photo to huggingface.co).
 NO_SHARE = ["download", "fullscreen"]
 # Share buttons Gradio adds to media inside chat messages regardless of settings: hidden.
@@ -46,7 +37,6 @@ CSS = 'button[aria-label="Share"] { display: none !important; }'
 
 # Failures the user can act on: shown in the page instead of a generic error.
 USER_ERRORS = (QueryError, ConfigError, StoreError, FileNotFoundError)
-_FILE_ROUTE = re.compile(r"^(?:/gradio_api)?/(file=|file/|proxy=)(.*)$", re.DOTALL)
 
 
 @dataclass
@@ -57,7 +47,7 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     share: bool = False
     auth: tuple[str, str] | None = None
-    max_file_size: str = MAX_UPLOAD
+    limits: UIConfig = field(default_factory=UIConfig)
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -70,42 +60,6 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-# ------------------------------------------------------------------------------------- file guard
-
-
-class FileGuard:
-    """ASGI middleware in front of Gradio's file routes: only the server's temp folder and image files
-    inside the indexed roots are served; URLs (Gradio would fetch them: an outbound connection) and
-    the proxy route are refused. `..`, absolute paths elsewhere and symlinks out of the roots get 403."""
-
-    def __init__(self, app, service: PhotoService, temp_dir: str):
-        self.app = app
-        self.service = service
-        self.temp_dir = os.path.realpath(temp_dir)
-
-    def allowed(self, url_path: str) -> bool:
-        m = _FILE_ROUTE.match(url_path)
-        if not m:
-            return True  # not a file route
-        kind, target = m.groups()
-        if kind == "proxy=" or "://" in target or target.startswith(("http:", "https:")):
-            return False
-        real = os.path.realpath(os.path.abspath(target))  # as Gradio reads it, then symlinks resolved
-        if real == self.temp_dir or real.startswith(self.temp_dir + os.sep):
-            return True
-        return self.service.servable(real)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not self.allowed(scope.get("path", "")):
-            body = b'{"detail":"File not allowed."}'
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
-
-
 # ------------------------------------------------------------------------------------- helpers
 
 
@@ -113,58 +67,64 @@ def _filters(after: str, before: str, folder: str | None) -> Filters:
     f = Filters(after=(after or "").strip() or None, before=(before or "").strip() or None,
                 folder=(folder or "").strip() or None)
     f.where()  # bad dates fail here with a clear message
+    if f.after and f.before and str(f.after) >= str(f.before):
+        raise QueryError(f"'taken on or after' ({f.after}) must come before 'taken before' ({f.before})")
     return f
 
 
-def _min_score(threshold) -> float | None:
-    return float(threshold) if threshold and float(threshold) > 0 else None
-
-
 def _counts_md(stats: dict) -> str:
-    roots = ", ".join(f"`{r}`" for r in stats["roots"]) or "none yet"
-    return (f"**{stats['photos']} photos indexed**, {stats['skipped']} skipped  \n"
-            f"Folders: {roots}  \nModel: `{stats['model']}` (fingerprint `{stats['fingerprint']}`)")
+    if not stats["photos"]:
+        return "**Your library is empty.** Type a photo folder above and press *Index folder* (or Enter)."
+    roots = ", ".join(f"`{r}`" for r in stats["roots"]) or "none"
+    return f"**{stats['photos']} photos indexed**, {stats['skipped']} skipped  \nFolders: {roots}"
 
 
-def _for_json(record: dict) -> dict:
-    """A result for a gr.JSON view: "path" renamed "photo" (gradio_client would take {"path": ...}
-    for a file to download)."""
-    return {("photo" if key == "path" else key): value for key, value in record.items()}
+def _day(record: dict) -> str:
+    """"26 May 2017" for a result caption."""
+    return time.strftime("%d %b %Y", time.localtime(record["taken"])).lstrip("0")
 
 
-def _photo(path: str) -> dict:
-    """A photo inside a chat message (its share button is hidden by CSS)."""
-    return {"path": path}
+def _record(hit: Hit) -> dict:
+    """A result for the page's state and the details view ("photo", not "path": gradio_client would take
+    {"path": ...} for a file to download)."""
+    return {"photo": hit.path, "id": hit.id, "score": round(float(hit.score), 4), "date": hit.date,
+            "taken": hit.taken}
 
 
-def _caption(hit: Hit) -> str:
-    return f"{hit.score:.3f} · {Path(hit.path).name}"
+def _photo_md(record: dict) -> str:
+    name = Path(record["photo"]).name
+    return (f"**{name}** · taken {record['date'][:10]} · score {record['score']:.3f}  \n"
+            f"`{record['photo']}` · [open original]({photo_url(record['id'])})")
 
 
 class _Handlers:
     """Event handlers (closures over one PhotoService); each returns values for its outputs."""
 
-    def __init__(self, service: PhotoService):
+    def __init__(self, service: PhotoService, limits: UIConfig):
         self.s = service
+        self.limits = limits
+
+    def _gallery(self, records: list[dict]) -> list[tuple[str, str]]:
+        return [(self.s.thumbnail(r["photo"]), f"{_day(r)} · {Path(r['photo']).name}") for r in records]
 
     # Library ----------------------------------------------------------------------------------
     def library_state(self):
+        """Status, counts, skipped files, and the folder lists, read from the store (page load, timer)."""
         stats = self.s.stats()
         job = self.s.job
-        status = job.describe() if job else "Choose or type a photo folder and press Index."
-        return status, _counts_md(stats), self.s.skip_list()
+        status = job.describe() if job else ("Choose or type a photo folder and press Index." if not stats["photos"]
+                                             else "Up to date.")
+        folders = self.s.folders()
+        return (status, _counts_md(stats), self.s.skip_list(), gr.update(choices=stats["roots"]),
+                gr.update(choices=folders), stats)
 
     def _follow_job(self, job, progress):
         while job.state == "running":
-            if job.total:
-                progress((job.done, job.total), desc="indexing", unit="photos")
-            else:
-                progress(None, desc="looking for photos")
+            progress((job.done, job.total) if job.total else None, desc="indexing", unit="photos")
             time.sleep(0.2)
         if job.state == "failed":
             raise gr.Error(job.describe())
-        status, counts, skips = self.library_state()
-        return status, counts, skips, gr.update(choices=self.s.folders()), gr.update(choices=self.s.roots)
+        return self.library_state()
 
     def index_folder(self, folder: str, progress=gr.Progress()):
         try:
@@ -174,46 +134,77 @@ class _Handlers:
         return self._follow_job(job, progress)
 
     def reindex_all(self, progress=gr.Progress()):
-        if not self.s.roots:
-            raise gr.Error("no folders indexed yet: index a folder first")
-        return self._follow_job(self.s.start_indexing(list(self.s.roots)), progress)
-
-    # Search -----------------------------------------------------------------------------------
-    def _results(self, hits: list[Hit], selected: str = "", selected_md: str = ""):
-        gallery = [(self.s.thumbnail(h.path), _caption(h)) for h in hits]
-        results = [_for_json(h.to_json()) for h in hits]
-        status = f"{len(hits)} photos" if hits else "No matching photos."
-        return gallery, results, status, selected, selected_md
-
-    def search(self, text, image, after, before, folder, threshold, k):
         try:
-            if not (text or "").strip() and not image:
-                raise QueryError("type what to look for, or upload a photo")
-            hits = self.s.search(text=(text or "").strip() or None, image=image or None, k=int(k),
-                                 min_score=_min_score(threshold), filters=_filters(after, before, folder))
+            job = self.s.reindex_all()
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
-        return self._results(hits)
+        return self._follow_job(job, progress)
 
-    def find_similar(self, selected, after, before, folder, threshold, k):
+    # Photos -----------------------------------------------------------------------------------
+    def _notes(self, text: str) -> str:
+        unknown = self.s.unknown_words(text)
+        if not unknown:
+            return ""
+        words = ", ".join(f"'{w}'" for w in unknown)
+        return (f"  \n*This model was trained on the sample world and has never seen {words}: these results "
+                f"can only match the shapes, colors, sizes, positions and backgrounds it knows.*")
+
+    def photos(self, text, image, after, before, folder, k):
+        """The Photos view: the library newest first, or the results of a query (text and/or photo)."""
+        text = (text or "").strip()
+        try:
+            filters = _filters(after, before, folder)
+            if not text and not image:
+                return self._timeline(0)
+            shown, below = self.s.search_page(text=text or None, image=image or None, k=int(k), filters=filters)
+        except USER_ERRORS as e:
+            raise gr.Error(str(e)) from None
+        what = f"'{text}'" if text else "your photo"
+        what = f"your photo and '{text}'" if text and image else what
+        status = (f"{len(shown)} photos match {what}" if shown else f"No photo matches {what} well.")
+        if below:
+            status += f" ({len(below)} more below the relevance cutoff: *Show more*)"
+        status += self._notes(text)
+        state = {"mode": "search", "shown": [_record(h) for h in shown], "below": [_record(h) for h in below]}
+        more = gr.update(visible=bool(below), value=f"Show {len(below)} more below the cutoff")
+        return self._gallery(state["shown"]), status, state, "", "", state["shown"], more
+
+    def _timeline(self, offset: int):
+        page = self.limits.page_size
+        hits, total = self.s.timeline(0, offset + page)
+        if not total:
+            status = "**Your library is empty.** Open the *Library* tab and index a photo folder."
+        else:
+            status = f"{total} photos, newest first"
+        state = {"mode": "timeline", "shown": [_record(h) for h in hits], "below": [], "total": total}
+        more = gr.update(visible=len(hits) < total, value=f"Load more ({total - len(hits)} left)")
+        return self._gallery(state["shown"]), status, state, "", "", state["shown"], more
+
+    def more(self, state):
+        """Next page of the timeline, or the results below the cutoff."""
+        state = state or {}
+        if state.get("mode") == "timeline":
+            return self._timeline(len(state.get("shown", [])))
+        state = {"mode": "search", "shown": state.get("shown", []) + state.get("below", []), "below": []}
+        return (self._gallery(state["shown"]), f"{len(state['shown'])} photos, below the cutoff too", state, "", "",
+                state["shown"], gr.update(visible=False))
+
+    def select_photo(self, state, evt: gr.SelectData):
+        """The photo clicked (or shown in the preview): Find similar and Ask act on this one."""
+        shown = (state or {}).get("shown", [])
+        if evt.index is None or not 0 <= evt.index < len(shown):
+            return "", ""
+        record = shown[evt.index]
+        return record["photo"], _photo_md(record)
+
+    def find_similar(self, selected, after, before, folder, k):
         try:
             path = self.s.indexed_photo(selected)
-            hits = self.s.search(image=path, k=int(k), min_score=_min_score(threshold),
-                                 filters=_filters(after, before, folder))
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
-        # The photo stays selected (to ask about it next).
-        return self._results(hits, path, f"Photos like **{Path(path).name}**")
-
-    def select_photo(self, results, evt: gr.SelectData):
-        if not results or evt.index is None or evt.index >= len(results):
-            return "", ""
-        hit = results[evt.index]
-        path = hit["photo"]
-        link = "/gradio_api/file=" + quote(path)
-        md = (f"**{Path(path).name}** · score {hit['score']:.3f} · taken {hit['date'][:10]}  \n"
-              f"`{path}` · [open original]({link})")
-        return path, md
+        gallery, status, state, _, _, details, more = self.photos("", path, after, before, folder, k)
+        return (gallery, status.replace("your photo", f"**{Path(path).name}**"), state, path,
+                f"Photos like **{Path(path).name}**", details, more)
 
     def pick_for_chat(self, selected):
         try:
@@ -223,53 +214,68 @@ class _Handlers:
         return gr.Tabs(selected="chat"), path, f"Asking about **{Path(path).name}**"
 
     # Chat -------------------------------------------------------------------------------------
-    def chat(self, message, upload, picked, history, k, answer_threshold, max_context, margin=None, rerank_top=None,
-             decompose=None):
+    def chat(self, message, upload, picked, history, turns, k, answer_threshold, max_context, margin=None,
+             rerank_top=None, decompose=None):
+        """Answer a message of the conversation (``turns``: app.answer.Turn dicts of the earlier ones)."""
         question = (message or "").strip()
         if not question:
             raise gr.Error("type a question")
-        history = list(history or [])
-        cfg = dataclasses.replace(self.s.answer_config, k=int(k), min_score=float(answer_threshold),
-                                  max_context=int(max_context))
-        if margin is not None:
-            cfg.context_margin = float(margin)
-        if rerank_top is not None:
-            cfg.rerank_top = int(rerank_top)
-        if decompose is not None:
-            cfg.decompose = bool(decompose)
-        answerer = Answerer(self.s.model, self.s.index, cfg)
+        history, turns = list(history or []), [Turn.from_json(t) for t in (turns or [])]
+        overrides = {"k": int(k), "min_score": float(answer_threshold), "max_context": int(max_context)}
+        for name, value, cast in (("context_margin", margin, float), ("rerank_top", rerank_top, int),
+                                  ("decompose", decompose, bool)):
+            if value is not None:
+                overrides[name] = cast(value)
         try:
             image = upload or (self.s.indexed_photo(picked) if picked else None)
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
         history.append({"role": "user", "content": question})
         if image:
-            history.append({"role": "user", "content": _photo(self.s.thumbnail(image, CHAT_THUMBNAIL_SIDE))})
+            history.append({"role": "user", "content": {"path": self.s.thumbnail(image, CHAT_THUMBNAIL_SIDE)}})
         history.append({"role": "assistant", "content": ""})
         result = None
         try:
-            for result in answerer.stream(question, image=image):
+            for result in self.s.ask(question, image=image, history=turns, **overrides):
                 history[-1] = {"role": "assistant", "content": result.text or "…"}
-                yield history, [], {}, "", "Answering…"
+                yield history, gr.update(), {}, "", "Answering…", [t.to_json() for t in turns]
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
-        cited = [s for s in result.sources if s.cited and s.n is not None]
-        if not result.text:
-            history[-1] = {"role": "assistant", "content": "(the model gave no answer)"}
-        elif cited:
-            lines = "  \n".join(f"[{s.n}] {Path(s.path).name} · {s.date}" for s in cited)
-            history[-1] = {"role": "assistant", "content": f"{result.text}\n\n{lines}"}
-            history += [{"role": "assistant", "content": _photo(self.s.thumbnail(s.path, CHAT_THUMBNAIL_SIDE))}
-                        for s in cited]
-        gallery = [(self.s.thumbnail(s.path), f"[{s.n}] {Path(s.path).name}") for s in cited]
-        answer = result.to_json()
-        if not result.found:
-            done = "No matching photo."
-        elif image:
-            done = "Answered about one photo."
+        yield self._chat_done(history, result, image, turns)
+
+    def _photo_messages(self, sources) -> list[dict]:
+        return [{"role": "assistant", "content": {"path": self.s.thumbnail(s.path, CHAT_THUMBNAIL_SIDE)}}
+                for s in sources]
+
+    def _chat_done(self, history, result, image, turns):
+        turns = [*turns, Turn.of(result)]
+        details = result.to_json()
+        for key in ("sources", "closest"):
+            details[key] = [{("photo" if k == "path" else k): v for k, v in s.items()} for s in details[key]]
+        if result.kind == "search":
+            history[-1] = {"role": "assistant", "content": result.text}
+            history += self._photo_messages(result.sources)
+            gallery = gr.update(value=[(self.s.thumbnail(s.path), Path(s.path).name) for s in result.sources],
+                                label=f"Photos found ({len(result.sources)})")
+            done = result.text
+        elif result.refused:
+            text = result.text + ("\n\n**Closest matches** (not answers: none of them shows it):" if result.closest else "")
+            history[-1] = {"role": "assistant", "content": text}
+            history += self._photo_messages(result.closest)
+            gallery = gr.update(value=[(self.s.thumbnail(s.path), f"closest · {Path(s.path).name}")
+                                       for s in result.closest], label="Closest matches — not answers")
+            done = "Refused: " + ("not found: " + ", ".join(result.missing) if result.missing else "no photo to answer from")
         else:
-            done = f"Answered from {len(result.sources)} photo(s), cited {len(cited)}."
-        yield history, gallery, {**answer, "sources": [_for_json(s) for s in answer["sources"]]}, "", done
+            cited = [s for s in result.sources if s.cited and s.n is not None]
+            history[-1] = {"role": "assistant", "content": result.summary or "(the model gave no answer)"}
+            history += self._photo_messages(cited)
+            gallery = gr.update(value=[(self.s.thumbnail(s.path), f"[{s.n}] {Path(s.path).name}") for s in cited],
+                                label="Cited photos")
+            done = "Answered about one photo." if image else f"Answered from {len(result.sources)} photo(s), cited {len(cited)}."
+        return history, gallery, details, "", done, [t.to_json() for t in turns]
+
+    def new_chat(self):
+        return [], [], gr.update(value=[], label="Cited photos"), {}, "", "New conversation."
 
     # Settings ---------------------------------------------------------------------------------
     def load_model(self, model):
@@ -277,11 +283,11 @@ class _Handlers:
             self.s.switch_model(model)
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
-        except Exception as e:  # a bad folder or hub id: say so, keep the page usable
-            raise gr.Error(f"could not load {model}: {e}") from None
+        except Exception:  # any path that is not a loadable model: one message, whatever the cause
+            raise gr.Error(f"{model!r} is not a model this server can load") from None
         stats = self.s.stats()
         note = "" if stats["photos"] else " This model has no index yet: re-index in the Library tab."
-        return stats, f"Loaded `{stats['model']}`.{note}"
+        return stats, f"Loaded `{stats['model']}`.{note}", self.s.model_scope()
 
     def stats(self):
         return self.s.stats()
@@ -290,134 +296,178 @@ class _Handlers:
 # ------------------------------------------------------------------------------------- layout
 
 
-def build_ui(service: PhotoService) -> gr.Blocks:
-    """The four-tab app. Handlers are methods of _Handlers; api_names are the stable API."""
-    h = _Handlers(service)
-    stats = service.stats()
-    with gr.Blocks(title="CAFe Photos", analytics_enabled=False, delete_cache=(600, TEMP_MAX_AGE_S)) as demo:
+def _photos_tab(service: PhotoService):
+    examples = service.example_queries()
+    with gr.Tab("Photos", id="photos", elem_id="tab-photos"):
+        with gr.Row():
+            with gr.Column(scale=4):
+                query = gr.Textbox(label="Search your photos", placeholder=examples[0] if examples else "",
+                                   elem_id="search-text")
+                gr.Examples([[e] for e in examples], inputs=[query], label="Try")
+                with gr.Row():
+                    search_btn = gr.Button("Search", variant="primary", elem_id="search-button")
+                    clear_btn = gr.Button("Clear", elem_id="search-clear")
+                with gr.Accordion("Filters", open=False):
+                    with gr.Row():
+                        after = gr.Textbox(label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
+                        before = gr.Textbox(label="Taken before", placeholder="YYYY-MM-DD", elem_id="search-before")
+                        folder = gr.Dropdown(label="Folder", choices=[], value=None, allow_custom_value=True,
+                                             elem_id="search-folder")
+            with gr.Column(scale=1):
+                image = gr.Image(label="More like this (optional photo)", type="filepath",
+                                 sources=["upload", "clipboard"], height=180, buttons=["fullscreen"],
+                                 elem_id="search-image")
+        status = gr.Markdown("", elem_id="search-status")
+        gallery = gr.Gallery(label="Photos", columns=6, height="auto", object_fit="contain", allow_preview=True,
+                             buttons=NO_SHARE, elem_id="search-gallery")
+        more = gr.Button("Load more", visible=False, size="sm", elem_id="search-more")
+        with gr.Row():
+            selected = gr.Textbox(label="Selected photo", interactive=False, scale=3, elem_id="search-selected")
+            similar_btn = gr.Button("Find similar", elem_id="similar-button")
+            ask_btn = gr.Button("Ask about this photo", elem_id="ask-photo-button")
+        selected_md = gr.Markdown("", elem_id="search-selected-info")
+        with gr.Accordion("Result details (scores)", open=False):
+            details = gr.JSON(label="Results", elem_id="search-results")
+        state = gr.State({})
+    return SimpleNamespace(**locals())
+
+
+def _library_tab():
+    with gr.Tab("Library", id="library", elem_id="tab-library"):
+        with gr.Row():
+            folder = gr.Textbox(label="Photo folder (Enter to index)", placeholder="/home/you/Pictures", scale=4,
+                                elem_id="library-folder")
+            known = gr.Dropdown(label="Indexed folders", choices=[], value=None, scale=2, elem_id="library-known")
+        with gr.Row():
+            index_btn = gr.Button("Index folder", variant="primary", elem_id="index-button")
+            reindex_btn = gr.Button("Re-index all folders", elem_id="reindex-button")
+        status = gr.Markdown("", elem_id="library-status")
+        counts = gr.Markdown("", elem_id="library-counts")
+        skips = gr.Dataframe(headers=["path", "reason", "detail"], value=[], label="Skipped files",
+                             interactive=False, elem_id="library-skips")
+    return SimpleNamespace(**locals())
+
+
+def _chat_tab(service: PhotoService):
+    examples = service.example_questions()
+    with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Ask your photos", height=420, elem_id="chat-history",
+                                     feedback_options=None, buttons=["copy", "copy_all"])
+                message = gr.Textbox(label="Question", placeholder=examples[0], elem_id="chat-message")
+                gr.Examples([[e] for e in examples], inputs=[message], label="Try")
+                with gr.Row():
+                    send_btn = gr.Button("Ask", variant="primary", elem_id="chat-send")
+                    new_btn = gr.Button("New conversation", elem_id="chat-new")
+                status = gr.Markdown("", elem_id="chat-status")
+            with gr.Column(scale=2):
+                upload = gr.Image(label="Ask about this photo (optional)", type="filepath",
+                                  sources=["upload", "clipboard"], height=200, buttons=["fullscreen"],
+                                  elem_id="chat-image")
+                picked = gr.Textbox(label="Photo picked from search", interactive=False, elem_id="chat-picked")
+                picked_md = gr.Markdown("")
+                clear_pick = gr.Button("Clear picked photo", size="sm")
+                cited = gr.Gallery(label="Cited photos", columns=3, fit_columns=False, height=260,
+                                   object_fit="contain", buttons=NO_SHARE, elem_id="chat-cited")
+                with gr.Accordion("Answer details", open=False):
+                    answer_json = gr.JSON(label="Answer", elem_id="chat-answer")
+        turns = gr.State([])  # the conversation so far (app.answer.Turn dicts): follow-ups refer to it
+    return SimpleNamespace(**locals())
+
+
+def _settings_tab(service: PhotoService, limits: UIConfig):
+    cfg = service.answer_config
+    with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
+        with gr.Row():
+            model_box = gr.Textbox(label="Model (folder or hub id)", value=service.model.name, scale=4,
+                                   elem_id="settings-model")
+            load_btn = gr.Button("Load model", elem_id="settings-load")
+        model_status = gr.Markdown("")
+        scope = gr.Markdown(service.model_scope(), elem_id="settings-scope")
+        k = gr.Slider(1, limits.max_k, value=service.search_config.k, step=1, label="Results per search (k)",
+                      elem_id="settings-k")
+        answer_threshold = gr.Slider(0.0, 1.0, value=cfg.min_score, step=0.01,
+                                     label="Answer threshold (no photo above it: no answer)",
+                                     elem_id="settings-answer-threshold")
+        with gr.Row():
+            max_context = gr.Slider(1, 6, value=cfg.max_context, step=1,
+                                    label="At most this many photos shown to the model per answer",
+                                    elem_id="settings-context")
+            margin = gr.Slider(0.0, 0.2, value=cfg.context_margin, step=0.005,
+                               label="Show photos within this score of the best (context margin)",
+                               elem_id="settings-margin")
+            rerank_top = gr.Slider(0, limits.max_k, value=cfg.rerank_top, step=1,
+                                   label="Re-rank this many of the best photos with the model (0: off)",
+                                   elem_id="settings-rerank")
+            decompose = gr.Checkbox(value=cfg.decompose, elem_id="settings-decompose",
+                                    label='Look for each thing "the photo with ..." names')
+        stats_json = gr.JSON(value={}, label="Index statistics", elem_id="settings-stats")
+        stats_btn = gr.Button("Refresh statistics", size="sm")
+    return SimpleNamespace(**locals())
+
+
+def build_ui(service: PhotoService, limits: UIConfig | None = None) -> gr.Blocks:
+    """The four-tab app, Photos first. Handlers are methods of _Handlers; api_names are the stable API."""
+    limits = limits or UIConfig()
+    h = _Handlers(service, limits)
+    with gr.Blocks(title="CAFe Photos", analytics_enabled=False,
+                   delete_cache=(600, int(limits.temp_max_age_s))) as demo:
         gr.Markdown("## CAFe Photos — search and ask about your photos, locally")
-        with gr.Tabs(selected="library") as tabs:
-            # ---------------------------------------------------------------- Library
-            with gr.Tab("Library", id="library", elem_id="tab-library"):
-                with gr.Row():
-                    folder = gr.Textbox(label="Photo folder", placeholder="/home/you/Pictures", scale=4,
-                                        elem_id="library-folder")
-                    known = gr.Dropdown(label="Indexed folders", choices=service.roots, value=None, scale=2,
-                                        elem_id="library-known")
-                with gr.Row():
-                    index_btn = gr.Button("Index folder", variant="primary", elem_id="index-button")
-                    reindex_btn = gr.Button("Re-index all folders", elem_id="reindex-button")
-                status = gr.Markdown("Choose or type a photo folder and press Index.", elem_id="library-status")
-                counts = gr.Markdown(_counts_md(stats), elem_id="library-counts")
-                skips = gr.Dataframe(headers=["path", "reason", "detail"], value=service.skip_list(),
-                                     label="Skipped files", interactive=False, elem_id="library-skips")
-                timer = gr.Timer(2.0)
-            # ---------------------------------------------------------------- Search
-            with gr.Tab("Search", id="search", elem_id="tab-search"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        query = gr.Textbox(label="Describe the photo", placeholder="a red circle on a gray background",
-                                           elem_id="search-text")
-                        with gr.Row():
-                            after = gr.Textbox(label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
-                            before = gr.Textbox(label="Taken before", placeholder="YYYY-MM-DD", elem_id="search-before")
-                            folder_filter = gr.Dropdown(label="Folder", choices=service.folders(), value=None,
-                                                        allow_custom_value=True, elem_id="search-folder")
-                        threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum score (0 = off)",
-                                              elem_id="search-threshold")
-                        search_btn = gr.Button("Search", variant="primary", elem_id="search-button")
-                    with gr.Column(scale=1):
-                        query_image = gr.Image(label="More like this (optional photo)", type="filepath",
-                                               sources=["upload", "clipboard"], height=200, buttons=["fullscreen"],
-                                               elem_id="search-image")
-                search_status = gr.Markdown("", elem_id="search-status")
-                gallery = gr.Gallery(label="Results", columns=5, height="auto", object_fit="contain",
-                                     allow_preview=True, buttons=NO_SHARE, elem_id="search-gallery")
-                with gr.Row():
-                    selected = gr.Textbox(label="Selected photo", interactive=False, scale=3, elem_id="search-selected")
-                    similar_btn = gr.Button("Find similar", elem_id="similar-button")
-                    ask_btn = gr.Button("Ask about this photo", elem_id="ask-photo-button")
-                selected_md = gr.Markdown("", elem_id="search-selected-info")
-                with gr.Accordion("Result details", open=False):
-                    results = gr.JSON(label="Results", elem_id="search-results")
-            # ---------------------------------------------------------------- Chat
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        chatbot = gr.Chatbot(label="Ask your photos", height=420, elem_id="chat-history",
-                                             feedback_options=None, buttons=["copy", "copy_all"])
-                        message = gr.Textbox(label="Question", placeholder="What color is the background in the photo "
-                                             "with the red circle?", elem_id="chat-message")
-                        send_btn = gr.Button("Ask", variant="primary", elem_id="chat-send")
-                        chat_status = gr.Markdown("", elem_id="chat-status")
-                    with gr.Column(scale=2):
-                        chat_upload = gr.Image(label="Ask about this photo (optional)", type="filepath",
-                                               sources=["upload", "clipboard"], height=200, buttons=["fullscreen"],
-                                               elem_id="chat-image")
-                        picked = gr.Textbox(label="Photo picked from search", interactive=False, elem_id="chat-picked")
-                        picked_md = gr.Markdown("")
-                        clear_pick = gr.Button("Clear picked photo", size="sm")
-                        cited = gr.Gallery(label="Cited photos", columns=3, fit_columns=False, height=260,
-                                           object_fit="contain",
-                                           buttons=NO_SHARE, elem_id="chat-cited")
-                        with gr.Accordion("Answer details", open=False):
-                            answer_json = gr.JSON(label="Answer", elem_id="chat-answer")
-            # ---------------------------------------------------------------- Settings
-            with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
-                with gr.Row():
-                    model_box = gr.Textbox(label="Model (folder or hub id)", value=service.model.name, scale=4,
-                                           elem_id="settings-model")
-                    load_btn = gr.Button("Load model", elem_id="settings-load")
-                model_status = gr.Markdown("")
-                k = gr.Slider(1, MAX_K, value=SearchConfig.k, step=1, label="Results per search (k)",
-                              elem_id="settings-k")
-                answer_threshold = gr.Slider(0.0, 1.0, value=service.answer_config.min_score, step=0.01,
-                                             label="Answer threshold (no photo above it: no answer)",
-                                             elem_id="settings-answer-threshold")
-                with gr.Row():
-                    max_context = gr.Slider(1, 6, value=service.answer_config.max_context, step=1,
-                                            label="At most this many photos shown to the model per answer",
-                                            elem_id="settings-context")
-                    margin = gr.Slider(0.0, 0.2, value=service.answer_config.context_margin, step=0.005,
-                                       label="Show photos within this score of the best (context margin)",
-                                       elem_id="settings-margin")
-                    rerank_top = gr.Slider(0, MAX_K, value=service.answer_config.rerank_top, step=1,
-                                           label="Re-rank this many of the best photos with the model (0: off)",
-                                           elem_id="settings-rerank")
-                    decompose = gr.Checkbox(value=service.answer_config.decompose, elem_id="settings-decompose",
-                                            label='Look for each thing "the photo with ..." names')
-                stats_json = gr.JSON(value=stats, label="Index statistics", elem_id="settings-stats")
-                stats_btn = gr.Button("Refresh statistics", size="sm")
-
-        # ------------------------------------------------------------------------ events
-        library_out = [status, counts, skips, folder_filter, known]
-        index_btn.click(h.index_folder, [folder], library_out, api_name="index_folder", concurrency_limit=1,
-                        concurrency_id="index")
-        reindex_btn.click(h.reindex_all, None, library_out, api_name="reindex", concurrency_limit=1,
-                          concurrency_id="index")
-        known.change(lambda v: v or gr.update(), [known], [folder], api_visibility="private")
-        timer.tick(h.library_state, None, [status, counts, skips], show_progress="hidden",
-                   api_visibility="private")
-        demo.load(h.library_state, None, [status, counts, skips], api_name="library_status")
-
-        filters_in = [after, before, folder_filter, threshold, k]
-        search_out = [gallery, results, search_status, selected, selected_md]
-        search_btn.click(h.search, [query, query_image, *filters_in], search_out, api_name="search")
-        query.submit(h.search, [query, query_image, *filters_in], search_out, api_visibility="private")
-        gallery.select(h.select_photo, [results], [selected, selected_md], api_visibility="private")
-        similar_btn.click(h.find_similar, [selected, *filters_in], search_out, api_name="find_similar")
-        ask_btn.click(h.pick_for_chat, [selected], [tabs, picked, picked_md], api_name="pick_for_chat")
-        clear_pick.click(lambda: ("", ""), None, [picked, picked_md], api_visibility="private")
-
-        chat_in = [message, chat_upload, picked, chatbot, k, answer_threshold, max_context, margin, rerank_top, decompose]
-        chat_out = [chatbot, cited, answer_json, message, chat_status]
-        send_btn.click(h.chat, chat_in, chat_out, api_name="chat")
-        message.submit(h.chat, chat_in, chat_out, api_visibility="private")
-
-        load_btn.click(h.load_model, [model_box], [stats_json, model_status], api_name="load_model",
-                       concurrency_id="index")
-        stats_btn.click(h.stats, None, [stats_json], api_name="stats")
+        with gr.Tabs(selected="photos") as tabs:
+            photos = _photos_tab(service)
+            library = _library_tab()
+            chat = _chat_tab(service)
+            settings = _settings_tab(service, limits)
+        timer = gr.Timer(2.0)
+        _wire(demo, h, tabs, photos, library, chat, settings, timer)
     return demo
+
+
+def _wire(demo, h: _Handlers, tabs, photos, library, chat, settings, timer) -> None:
+    k = settings.k
+    # Live state: every list and count comes from the store on page load and after each index run.
+    library_out = [library.status, library.counts, library.skips, library.known, photos.folder, settings.stats_json]
+    demo.load(h.library_state, None, library_out, api_name="library_status")
+    timer.tick(h.library_state, None, library_out, show_progress="hidden", api_visibility="private")
+    library.index_btn.click(h.index_folder, [library.folder], library_out, api_name="index_folder",
+                            concurrency_limit=1, concurrency_id="index", show_progress="minimal")
+    library.folder.submit(h.index_folder, [library.folder], library_out, api_visibility="private",
+                          concurrency_limit=1, concurrency_id="index", show_progress="minimal")
+    library.reindex_btn.click(h.reindex_all, None, library_out, api_name="reindex", concurrency_limit=1,
+                              concurrency_id="index", show_progress="minimal")
+    library.known.change(lambda v: v or gr.update(), [library.known], [library.folder], api_visibility="private")
+
+    photos_in = [photos.query, photos.image, photos.after, photos.before, photos.folder, k]
+    photos_out = [photos.gallery, photos.status, photos.state, photos.selected, photos.selected_md, photos.details,
+                  photos.more]
+    demo.load(h.photos, photos_in, photos_out, api_visibility="private")
+    photos.search_btn.click(h.photos, photos_in, photos_out, api_name="search")
+    photos.query.submit(h.photos, photos_in, photos_out, api_visibility="private")
+    photos.image.change(h.photos, photos_in, photos_out, api_visibility="private")
+    photos.clear_btn.click(lambda: ("", None), None, [photos.query, photos.image], api_visibility="private").then(
+        h.photos, photos_in, photos_out, api_visibility="private")
+    photos.more.click(h.more, [photos.state], photos_out, api_name="more")
+    photos.gallery.select(h.select_photo, [photos.state], [photos.selected, photos.selected_md],
+                          api_visibility="private")
+    photos.similar_btn.click(h.find_similar, [photos.selected, photos.after, photos.before, photos.folder, k],
+                             photos_out, api_name="find_similar")
+    photos.ask_btn.click(h.pick_for_chat, [photos.selected], [tabs, chat.picked, chat.picked_md],
+                         api_name="pick_for_chat")
+    chat.clear_pick.click(lambda: ("", ""), None, [chat.picked, chat.picked_md], api_visibility="private")
+
+    chat_in = [chat.message, chat.upload, chat.picked, chat.chatbot, chat.turns, k, settings.answer_threshold,
+               settings.max_context, settings.margin, settings.rerank_top, settings.decompose]
+    chat_out = [chat.chatbot, chat.cited, chat.answer_json, chat.message, chat.status, chat.turns]
+    chat.send_btn.click(h.chat, chat_in, chat_out, api_name="chat")
+    chat.message.submit(h.chat, chat_in, chat_out, api_visibility="private")
+    chat.new_btn.click(h.new_chat, None, [chat.chatbot, chat.turns, chat.cited, chat.answer_json, chat.message,
+                                          chat.status], api_name="new_chat")
+
+    settings.load_btn.click(h.load_model, [settings.model_box], [settings.stats_json, settings.model_status,
+                                                                 settings.scope], api_name="load_model",
+                            concurrency_id="index")
+    settings.stats_btn.click(h.stats, None, [settings.stats_json], api_name="stats")
 
 
 # ------------------------------------------------------------------------------------- serving
@@ -432,16 +482,14 @@ def launch(service: PhotoService, options: ServeOptions, temp_dir: str, block: b
     """Build and start the UI; returns (demo, local_url). Blocks until Ctrl-C when `block`."""
     from starlette.middleware import Middleware
 
-    demo = build_ui(service)
+    demo = build_ui(service, options.limits)
     demo.queue(default_concurrency_limit=2)
     _, url, share_url = demo.launch(
         server_name=options.host,
         server_port=options.port,
         share=options.share,
         auth=options.auth,
-        # Indexed roots are served (the "open original" link); FileGuard narrows that to image files.
-        allowed_paths=list(service.roots),
-        max_file_size=options.max_file_size,
+        max_file_size=options.limits.max_file_size,
         prevent_thread_lock=True,
         quiet=True,
         show_error=True,
@@ -451,10 +499,9 @@ def launch(service: PhotoService, options: ServeOptions, temp_dir: str, block: b
         ssr_mode=False,
         footer_links=[],
         css=CSS,
-        app_kwargs={"middleware": [Middleware(FileGuard, service=service, temp_dir=temp_dir)]},
+        app_kwargs={"middleware": [Middleware(Guard, photo_file=service.photo_file, temp_dir=temp_dir,
+                                              config=options.limits)]},
     )
-    # Folders indexed later become servable too (Gradio reads this list on every request).
-    service.on_new_root = lambda root: root not in demo.allowed_paths and demo.allowed_paths.append(root)
     print(f"CAFe Photos is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     if options.host not in (LOOPBACK, "localhost", "::1") and not options.auth:
         print(f"warning: listening on {options.host} without --auth: anyone who can reach this machine can "
@@ -476,6 +523,8 @@ def _interrupt(signum, frame):
 
 def serve(service_factory, options: ServeOptions) -> int:
     """Run the UI until interrupted: a private temp folder for Gradio, removed on exit."""
+    import os
+
     # `kill` (SIGTERM) stops the server like Ctrl-C, so the temp folder is removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     temp_dir = make_temp_dir()

@@ -1,35 +1,34 @@
-"""Grounded answers on a fresh sample album: is the answer right, with the right photo cited first?
-Prints one JSON object.
+"""Grounded answers a person can trust, on a fresh sample album. Prints one JSON object.
 
     .venv/bin/python benchmarks/grounded.py                          # shipped model, 300 photos, seed 200
-    .venv/bin/python benchmarks/grounded.py --model PATH --n 300 --seed 200 --split test --out bench.json
+    .venv/bin/python benchmarks/grounded.py --model PATH --n 300 --seed 200 --style varied --out bench.json
 
-The album (data.synth: photos the model never saw, ground_truth.json with `album_questions`, each
-naming exactly one photo by its content) is indexed with the model, then every album question goes
-through app.answer.Answerer: retrieval with the question's embedding, the context photos shown to
-the same model, an answer that cites them. Per question:
+The album (data.synth: photos the model never saw) is indexed with the model, then four question sets
+go through app.answer.Answerer, the path the app's chat and `ask` take:
 
-- retrieval_top1: the right photo is the answerer's top retrieved photo, before re-ranking (the
-  retrieval link: with decomposition on, the photo that best shows each thing the question names);
-- question_embedding_top1: the right photo is the top search hit for the question's own embedding;
-- in_context: the right photo was among the photos shown to the model (after re-ranking);
-- first_shown: the right photo was shown first ([1]): retrieval and re-ranking together;
-- cited_first: the first source of the answer (cited first) is the right photo;
-- answer_correct: the answer text, citations removed, equals the ground-truth answer;
-- cites_a_photo: the answer cites at least one shown photo as [n];
-- grounded_correct: answer_correct and cited_first (the headline figure; goal >= 0.8, floor 0.4);
-- reading_given_right_photo: the answer is right when only the right photo is shown (the reading
-  link alone, as if retrieval were perfect).
+- answerable album questions, each naming exactly one photo by its content:
+  ``answer_accuracy`` (right answer with the right photo cited first), ``false_refusal_rate``, and the
+  links: ``retrieval_top1`` (the right photo retrieved first, before re-ranking),
+  ``question_embedding_top1`` (by the question's own embedding), ``first_shown_right_photo``,
+  ``reading_given_right_photo`` (the right answer when only the right photo is shown);
+- unanswerable ones: the same templates naming a thing no photo of the album shows
+  (data.queries.unanswerable_questions): ``refusal_rate``, and ``missing_named_rate`` (the refusal names
+  the missing thing);
+- off-topic questions (data.queries.OFF_TOPIC_QUESTIONS): ``offtopic_refusal_rate``;
+- follow-ups: an album question, then "When was it taken?" / "What color is the background?" / "How
+  many objects are in it?": ``followup_accuracy`` (right for the photo the first answer cited, and
+  citing it) and ``followup_end_to_end_accuracy`` (right for the photo the first question meant).
 
-Each wrong grounded answer is attributed to the first link that failed: "retrieval" (the right photo
-was not shown), "citation" (shown but not cited first), "reading" (cited first, wrong answer), or
-"no_match" (nothing scored above the threshold).
+Each wrong answerable question is attributed to the first link that failed: "refused" (the evidence
+check or the threshold turned every photo down), "retrieval" (the right photo was not shown),
+"citation" (shown, not cited first) or "reading" (cited first, wrong answer).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import sys
 import tempfile
@@ -43,14 +42,6 @@ sys.path.insert(0, str(REPO))
 from app.config import apply_quiet_env  # noqa: E402
 
 _CITATION = re.compile(r"\[\d+\]")
-# Questions no sample-world photo can answer: the answerer should say it found no matching photo.
-OFF_TOPIC = (
-    "What breed is the dog on the beach?",
-    "Who is standing next to the Eiffel Tower?",
-    "What does the street sign in Paris say?",
-    "How old is the baby in the birthday photo?",
-    "What is written on my passport scan?",
-)
 
 
 def normalise(text: str) -> str:
@@ -59,140 +50,208 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text).split())
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def rate(count: float, n: int) -> float:
+    return round(count / max(1, n), 4)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from app.answer import AnswerConfig
+def parse_args(argv):
+    from app.config import AnswerConfig
 
     defaults = AnswerConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="model folder (default: the shipped demo model)")
-    p.add_argument("--n", type=int, default=300, help="photos in the album (default 300)")
-    p.add_argument("--seed", type=int, default=200, help="album seed (default 200; training used 1 and 3)")
+    p.add_argument("--n", type=int, default=300, help="photos in the album (default %(default)s)")
+    p.add_argument("--seed", type=int, default=200, help="album seed (default %(default)s; calibration uses 300)")
     p.add_argument("--split", default="test")
+    p.add_argument("--style", default="plain", choices=("plain", "varied", "mixed"), help="how the photos are drawn")
     p.add_argument("--max-questions", type=int, default=None, help="ask at most this many album questions")
+    p.add_argument("--unanswerable", type=int, default=100, help="unanswerable questions (default %(default)s)")
+    p.add_argument("--followups", type=int, default=60, help="follow-up conversations (default %(default)s)")
     p.add_argument("--work", help="keep the album and database here (default: a temp folder)")
-    p.add_argument("-k", type=int, default=defaults.k)
-    p.add_argument("--min-score", type=float, default=defaults.min_score)
-    p.add_argument("--max-context", type=int, default=defaults.max_context)
-    p.add_argument("--margin", type=float, default=defaults.context_margin, help="context_margin")
-    p.add_argument("--rerank-top", type=int, default=defaults.rerank_top, help="rerank_top (0: no re-ranking)")
-    p.add_argument("--rerank-weight", type=float, default=defaults.rerank_weight, help="rerank_weight")
+    p.add_argument("--defaults", action="store_true", help="app.config defaults instead of the model's calibration")
+    for name in ("k", "min_score", "max_context", "context_margin", "rerank_top", "rerank_weight", "min_yes",
+                 "min_size_margin", "evidence_top"):
+        p.add_argument("--" + name.replace("_", "-"), type=type(getattr(defaults, name)), default=None,
+                       help=f"AnswerConfig.{name} (default: the model's calibrated value)")
+    p.add_argument("--no-check", action="store_true", help="answer without the evidence check")
     p.add_argument("--no-decompose", action="store_true", help="retrieve by the question's embedding alone")
     p.add_argument("--examples", type=int, default=8, help="wrong answers to include in the report")
     p.add_argument("--out", help="also write the JSON report here")
-    args = p.parse_args(argv)
-    apply_quiet_env()
+    return p.parse_args(argv)
+
+
+def build(args):
+    """(album folder, its ground truth, model, index, answerer, config, index report, index seconds)."""
+    import dataclasses
 
     from app.answer import Answerer
-    from app.config import resolve_model
+    from app.calibration import calibrated, load_calibration
+    from app.config import AnswerConfig, resolve_model
     from app.demo import ensure_album
     from app.index import PhotoIndex
-    from app.search import indexed_hit, search
-    from cafe_core import CafeModel
-    from data.synth import load_ground_truth
+    from app.model import load_model
+    from cafe_core.vocab import TrainingVocab
 
-    started = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-grounded-"))
-    photos = ensure_album(work / "album", n=args.n, seed=args.seed, split=args.split)
-    gt = load_ground_truth(work / "album")
-    questions = gt["album_questions"][: args.max_questions]
-
-    model_path = resolve_model(args.model)
-    model = CafeModel.load(model_path, device="auto")
+    photos = ensure_album(work / "album", n=args.n, seed=args.seed, split=args.split, style=args.style)
+    model = load_model(resolve_model(args.model))
     index = PhotoIndex.open(db=work / "db", model=model, create=True)
     t0 = time.perf_counter()
     report = index.update([photos])
     index_s = time.perf_counter() - t0
+    config = AnswerConfig() if args.defaults else calibrated(AnswerConfig(), "answer", load_calibration(model))
+    overrides = {n: getattr(args, n) for n in ("k", "min_score", "max_context", "context_margin", "rerank_top",
+                                               "rerank_weight", "min_yes", "min_size_margin", "evidence_top")
+                 if getattr(args, n) is not None}
+    config = dataclasses.replace(config, check_evidence=not args.no_check, decompose=not args.no_decompose, **overrides)
+    vocab = TrainingVocab.load(model.name) if Path(model.name).is_dir() else None
+    return work / "album", photos, model, index, Answerer(model, index, config, vocab=vocab), config, report, index_s
 
-    config = AnswerConfig(k=args.k, min_score=args.min_score, max_context=args.max_context,
-                          context_margin=args.margin, rerank_top=args.rerank_top, rerank_weight=args.rerank_weight,
-                          decompose=not args.no_decompose)
-    answerer = Answerer(model, index, config)
-    totals: Counter = Counter()
-    by_type: dict[str, Counter] = defaultdict(Counter)
-    failures: Counter = Counter()
-    context_sizes: Counter = Counter()
-    examples = []
-    top_scores: list[float] = []
-    t0 = time.perf_counter()
+
+def answerable(answerer, index, photos, questions, n_examples):
+    """Per-question rows and aggregates for the album questions (see module doc)."""
+    from app.search import indexed_hit, search
+
+    totals, by_type, failures, examples = Counter(), defaultdict(Counter), Counter(), []
+    answering = 0.0
     for q in questions:
-        right = q["photo_ids"][0]
-        top = answerer.retrieve(q["question"], k=1)
-        top_scores.extend(h.score for h in top)
-        plain = search(index, text=q["question"], k=1)
-        result = answerer.answer(q["question"])
+        right = q.photo_ids[0]
+        top = answerer.retrieve(q.question, k=1)
+        plain = search(answerer.index, text=q.question, k=1)
+        t0 = time.perf_counter()
+        result = answerer.answer(q.question)
+        answering += time.perf_counter() - t0
         shown = [Path(s.path).stem for s in sorted(result.sources, key=lambda s: s.n or 0)]
         first = Path(result.sources[0].path).stem if result.sources and result.sources[0].cited else None
         row = {
             "retrieval_top1": bool(top) and Path(top[0].path).stem == right,
             "question_embedding_top1": bool(plain) and Path(plain[0].path).stem == right,
-            "in_context": right in shown,
             "first_shown": bool(shown) and shown[0] == right,
             "cited_first": first == right,
-            "answer_correct": normalise(result.text) == normalise(q["answer"]),
-            "cites_a_photo": bool(result.citations),
+            "refused": result.refused,
+            "answer_correct": normalise(result.text) == normalise(q.answer),
         }
         row["grounded_correct"] = row["answer_correct"] and row["cited_first"]
-        # The reading link alone: only the right photo shown (as retrieval at its best would).
         oracle = None
-        for oracle in answerer.stream_with_context(q["question"], [indexed_hit(index, str(photos / f"{right}.jpg"))]):
+        for oracle in answerer.stream_with_context(q.question, [indexed_hit(index, str(photos / f"{right}.jpg"))]):
             pass
-        row["reading_given_right_photo"] = normalise(oracle.text) == normalise(q["answer"])
-        context_sizes[len(shown)] += 1
+        row["reading_given_right_photo"] = normalise(oracle.text) == normalise(q.answer)
         for key, ok in row.items():
             totals[key] += ok
-            by_type[q["qtype"]][key] += ok
-        by_type[q["qtype"]]["n"] += 1
+            by_type[q.qtype][key] += ok
+        by_type[q.qtype]["n"] += 1
         if not row["grounded_correct"]:
-            link = ("no_match" if not result.found else "retrieval" if not row["in_context"]
+            link = ("refused" if result.refused else "retrieval" if right not in shown
                     else "citation" if not row["cited_first"] else "reading")
             failures[link] += 1
-            if len(examples) < args.examples:
-                examples.append({"question": q["question"], "expected": q["answer"], "photo": right,
-                                 "answer": result.text, "shown": shown, "failed_link": link,
-                                 "top1": Path(top[0].path).stem if top else None,
-                                 "scores": [round(s.score, 4) for s in result.sources if s.score is not None]})
-    answer_s = time.perf_counter() - t0
-    off_scores = [answerer.retrieve(q, k=1)[0].score for q in OFF_TOPIC]
-    off_refused = sum(not answerer.answer(q).found for q in OFF_TOPIC)
+            if len(examples) < n_examples:
+                examples.append({"question": q.question, "expected": q.answer, "photo": right, "answer": result.text,
+                                 "shown": shown, "failed_link": link, "missing": result.missing})
+    n = len(questions)
+    out = {"questions": n, "answer_accuracy": rate(totals["grounded_correct"], n),
+           "false_refusal_rate": rate(totals["refused"], n)}
+    out.update({k: rate(totals[k], n) for k in ("retrieval_top1", "question_embedding_top1", "answer_correct",
+                                                 "reading_given_right_photo")})
+    out["first_shown_right_photo"] = rate(totals["first_shown"], n)
+    out["cited_first_right_photo"] = rate(totals["cited_first"], n)
+    out["failed_link"] = dict(failures)
+    out["seconds_per_answer"] = round(answering / max(1, n), 3)
+    out["by_qtype"] = {t: {"n": c["n"], "answer_accuracy": rate(c["grounded_correct"], c["n"]),
+                           "reading_given_right_photo": rate(c["reading_given_right_photo"], c["n"])}
+                       for t, c in sorted(by_type.items())}
+    return out, examples
 
-    n = max(1, len(questions))
+
+def refusals(answerer, questions):
+    """refusal_rate and missing_named_rate over questions that must be refused."""
+    refused = named = 0
+    wrong = []
+    for q in questions:
+        result = answerer.answer(q.question)
+        refused += result.refused
+        wanted = {f"a {z + ' ' if z else ''}{c} {s}" for c, s, z in q.refers_to}
+        named += result.refused and bool(set(result.missing) & wanted)
+        if not result.refused and len(wrong) < 5:
+            wrong.append({"question": q.question, "answer": result.text})
+    n = len(questions)
+    return {"questions": n, "refusal_rate": rate(refused, n), "missing_named_rate": rate(named, n),
+            "answered_examples": wrong}
+
+
+def offtopic(answerer, questions):
+    answered = [q for q in questions if not answerer.answer(q).refused]
+    return {"questions": len(questions), "offtopic_refusal_rate": rate(len(questions) - len(answered), len(questions)),
+            "answered": answered}
+
+
+def followups(answerer, conversations):
+    """followup_accuracy: right for the photo the first answer cited, citing it; end to end: for the photo meant."""
+    from app.answer import Turn
+
+    ok = end_to_end = 0
+    for c in conversations:
+        first = answerer.answer(c["first"])
+        history = [Turn.of(first)]
+        second = answerer.answer(c["followup"], history=history)
+        cited_before = [Path(p).stem for p in history[0].photos]
+        cited_now = [Path(p).stem for p in second.cited_paths or [s.path for s in second.sources if s.cited]]
+        right_photo = cited_before[:1] == cited_now[:1] and bool(cited_now)
+        truth = _answer_for(answerer, cited_before[0], c["followup"]) if cited_before else None
+        ok += right_photo and truth is not None and normalise(second.text) == normalise(truth)
+        end_to_end += cited_now[:1] == [c["photo_id"]] and normalise(second.text) == normalise(c["answer"])
+    n = len(conversations)
+    return {"conversations": n, "followup_accuracy": rate(ok, n), "followup_end_to_end_accuracy": rate(end_to_end, n)}
+
+
+_SPECS: dict = {}
+
+
+def _answer_for(answerer, photo_id: str, followup: str) -> str | None:
+    """The follow-up's true answer for a photo of the album (by its ground truth)."""
+    from data.queries import FOLLOWUPS
+    from data.vocab import NUMBER_WORDS
+
+    spec = _SPECS.get(photo_id)
+    if spec is None:
+        return None
+    kind = dict(FOLLOWUPS)[followup]
+    return {"year": str(spec.date.year), "background": spec.background,
+            "count_objects": NUMBER_WORDS[len(spec.objects)]}[kind]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    apply_quiet_env()
+    from data.queries import OFF_TOPIC_QUESTIONS, followup_questions, unanswerable_questions
+    from data.synth import read_album
+
+    started = time.perf_counter()
+    album_dir, photos, model, index, answerer, config, report, index_s = build(args)
+    album = read_album(album_dir)
+    specs = [p.spec for p in album.photos]
+    _SPECS.update({s.id: s for s in specs})
+    questions = list(album.questions[: args.max_questions])
+    rng = random.Random(f"bench-grounded:{args.seed}")
+    main_set, examples = answerable(answerer, index, photos, questions, args.examples)
+    missing = refusals(answerer, unanswerable_questions(specs, rng, args.unanswerable))
+    off = offtopic(answerer, list(OFF_TOPIC_QUESTIONS))
+    follow = followups(answerer, followup_questions(specs, rng.sample(questions, min(args.followups, len(questions))),
+                                                    rng))
     out = {
-        "model": model_path,
-        "fingerprint": model.fingerprint,
-        "album": {"photos": report.total, "seed": args.seed, "split": args.split, "skipped": len(report.skipped)},
-        "config": {"k": config.k, "min_score": config.min_score, "max_context": config.max_context,
-                   "context_margin": config.context_margin, "rerank_top": config.rerank_top,
-                   "rerank_weight": config.rerank_weight, "decompose": config.decompose},
-        "questions": len(questions),
-        "grounded_accuracy": round(totals["grounded_correct"] / n, 4),
-        "retrieval_top1": round(totals["retrieval_top1"] / n, 4),
-        "question_embedding_top1": round(totals["question_embedding_top1"] / n, 4),
-        "in_context": round(totals["in_context"] / n, 4),
-        "first_shown_right_photo": round(totals["first_shown"] / n, 4),
-        "cited_first_right_photo": round(totals["cited_first"] / n, 4),
-        "answer_correct": round(totals["answer_correct"] / n, 4),
-        "cites_a_photo": round(totals["cites_a_photo"] / n, 4),
-        "reading_given_right_photo": round(totals["reading_given_right_photo"] / n, 4),
-        "failed_link": dict(failures),
-        # Where min_score must stay below: the best score each album question gets.
-        "top1_score": {"min": round(min(top_scores), 4), "p10": round(quantile(top_scores, 0.1), 4),
-                       "median": round(quantile(top_scores, 0.5), 4)} if top_scores else {},
-        "off_topic": {"refused": f"{off_refused}/{len(OFF_TOPIC)}", "top1_score_max": round(max(off_scores), 4)},
-        "context_photos": {str(k): v for k, v in sorted(context_sizes.items())},
-        "by_qtype": {
-            t: {"n": c["n"], "grounded_accuracy": round(c["grounded_correct"] / c["n"], 4),
-                "retrieval_top1": round(c["retrieval_top1"] / c["n"], 4),
-                "answer_correct": round(c["answer_correct"] / c["n"], 4),
-                "reading_given_right_photo": round(c["reading_given_right_photo"] / c["n"], 4)}
-            for t, c in sorted(by_type.items())
-        },
+        "model": model.name, "fingerprint": model.fingerprint,
+        "album": {"photos": report.total, "seed": args.seed, "split": args.split, "style": args.style,
+                  "skipped": len(report.skipped)},
+        "config": {k: getattr(config, k) for k in ("k", "min_score", "max_context", "context_margin", "rerank_top",
+                                                    "rerank_weight", "decompose", "check_evidence", "evidence_top",
+                                                    "min_yes", "min_size_margin")},
+        "answer_accuracy": main_set["answer_accuracy"],
+        "false_refusal_rate": main_set["false_refusal_rate"],
+        "refusal_rate": missing["refusal_rate"],
+        "offtopic_refusal_rate": off["offtopic_refusal_rate"],
+        "followup_accuracy": follow["followup_accuracy"],
+        "answerable": main_set, "unanswerable": missing, "offtopic": off, "followups": follow,
         "index_seconds": round(index_s, 1),
-        "seconds_per_answer": round(answer_s / n, 3),
+        "seconds_per_answer": main_set["seconds_per_answer"],
         "total_seconds": round(time.perf_counter() - started, 1),
         "examples_wrong": examples,
     }

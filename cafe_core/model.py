@@ -212,6 +212,37 @@ class CafeModel:
             out.extend(picked.sum(dim=1).tolist())
         return out
 
+    @torch.inference_mode()
+    def choice_probabilities(
+        self, questions: Sequence[str], images: Sequence[Image.Image], choices: Sequence[str] = ("yes", "no"),
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """(N, C): P(choice c | question i about image i), renormalised over the choices.
+
+        Read from the next-token distribution right after the generation prompt (one forward pass per
+        pair, no generation), each choice by its first token, which must differ between choices. The app
+        asks the generator "Is there a purple star in the photo?" this way before it cites a photo.
+        """
+        questions, images = list(questions), check_images(images)
+        if len(questions) != len(images) or not questions:
+            raise InputError(f"choice_probabilities needs one image per question (got {len(questions)} and {len(images)})")
+        # What the chat format writes between the generation prompt and an answer (SmolVLM: a space).
+        lead = self.chat.header("assistant", "x")[len(self.chat.generation_header):]
+        first = [self.tokenizer(lead + c, add_special_tokens=False)["input_ids"][0] for c in choices]
+        if len(set(first)) != len(first):
+            raise InputError(f"the choices {list(choices)} start with the same token; they cannot be told apart")
+        bs = batch_size or self.batch_size
+        base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
+        rows = []
+        for i in range(0, len(questions), bs):
+            texts = [prompts.generation_prompt(q, 1, chat=self.chat) for q in questions[i : i + bs]]
+            batch = self.encoder.encode(texts, images[i : i + bs], device=self.device, dtype=self.dtype)
+            hidden = base(**batch).last_hidden_state
+            last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the prompt's last token
+            logits = lm_head(hidden[torch.arange(len(texts), device=self.device), last]).float()
+            rows.append(torch.softmax(logits[:, first], dim=-1).cpu().numpy())
+        return np.concatenate(rows)
+
     # ------------------------------------------------------------------ generation
     def _generation_inputs(self, question: str, images: Sequence[Image.Image], history: Sequence = ()):
         if not isinstance(question, str) or not question.strip():

@@ -25,8 +25,28 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from data.vocab import BACKGROUNDS, COLORS, NOTHING_ANSWER, POSITIONS, SHAPES, SIZES, probe_pairs
-from data.world import QA, PhotoSpec, WorldObject, join_phrases, object_phrase, position_phrase
+from data.vocab import (
+    ALL_PAIRS,
+    BACKGROUNDS,
+    COLORS,
+    NOTHING_ANSWER,
+    NUMBER_WORDS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    probe_pairs,
+)
+from data.world import (
+    ALBUM_FORMS,
+    QA,
+    AlbumQA,
+    PhotoSpec,
+    WorldObject,
+    join_phrases,
+    object_phrase,
+    position_phrase,
+    referring_question_text,
+)
 
 # --------------------------------------------------------------------------------------------- tags
 KIND_TAGS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
@@ -220,3 +240,86 @@ def training_questions(spec: PhotoSpec) -> list[QA]:
             other = random.Random(f"cafe-world:is-color:{spec.id}:{o.shape}").choice(others)
             qa.append(QA(f"Is the {o.shape} {other}?", "no", "is_color"))
     return qa
+
+
+# --------------------------------------------------------------------------------------------- questions no album answers
+# Questions a photo assistant over sample-world albums must refuse: general knowledge, chit-chat,
+# and photos of things the sample world has no words for.
+OFF_TOPIC_QUESTIONS: tuple[str, ...] = (
+    "What is the capital of France?",
+    "Who wrote Hamlet?",
+    "How far is the moon from the earth?",
+    "What is 17 times 23?",
+    "Can you recommend a good pizza place?",
+    "What's the weather like tomorrow?",
+    "Hi, how are you?",
+    "Tell me a joke.",
+    "Thanks, that's all!",
+    "What time is it?",
+    "Translate 'good morning' into Spanish.",
+    "Who won the football world cup in 2018?",
+    "How do I reset my password?",
+    "Write a poem about autumn.",
+    "What is the boiling point of water?",
+    "What breed is the dog on the beach?",
+    "Who is in the photo of my sister's wedding?",
+    "What does the street sign in the picture from Paris say?",
+    "How old is the baby in the birthday photo?",
+    "What is written on my passport scan?",
+    "Show me photos of my cat.",
+    "Find pictures of the Eiffel Tower.",
+    "What color is the car in the photo with the mountain?",
+    "How many people are in the picture of the family dinner?",
+    "Where was the photo with the sunset taken?",
+    "What is the man holding in the image with the bicycle?",
+    "Are there any photos of snow in the mountains?",
+    "What kind of flowers are in the photo with the vase?",
+    "Which restaurant is in the photo with the menu?",
+    "What is on the plate in the picture of my breakfast?",
+    "Who is the person wearing glasses in the group photo?",
+    "What is the name of the beach in the holiday photos?",
+)
+
+
+def unanswerable_questions(specs: Sequence[PhotoSpec], rng: random.Random, n: int = 100) -> list[AlbumQA]:
+    """Album questions in the album templates that name a thing no photo of ``specs`` shows: a (color,
+    shape), or a (size, color, shape) of a kind that only appears in the other size, alone or beside a
+    thing that is there. ``photo_ids`` is empty and ``refers_to`` holds what is named; the right response
+    is a refusal naming the missing thing."""
+    have_pairs = {o.pair for s in specs for o in s.objects}
+    have_sized = {(o.color, o.shape, o.size) for s in specs for o in s.objects}
+    absent: list[tuple[str, str, str | None]] = [(c, s, None) for c, s in ALL_PAIRS if (c, s) not in have_pairs]
+    absent += [(c, s, z) for c, s in sorted(have_pairs) for z in SIZES if (c, s, z) not in have_sized]
+    if not absent:
+        return []
+    present = sorted({(o.color, o.shape, None) for s in specs for o in s.objects})
+    out: list[AlbumQA] = []
+    while len(out) < n:
+        missing = rng.choice(absent)
+        reqs = [missing] if rng.random() < 0.5 or not present else rng.sample([missing, rng.choice(present)], 2)
+        form = rng.choice(ALBUM_FORMS)
+        question = referring_question_text(reqs, form, rng.choice(POSITIONS))
+        out.append(AlbumQA(question, "", (), qtype=f"unanswerable_{form}", refers_to=tuple(reqs)))
+    return out
+
+
+FOLLOWUPS: tuple[tuple[str, str], ...] = (
+    ("When was it taken?", "year"),
+    ("What color is the background?", "background"),
+    ("How many objects are in it?", "count_objects"),
+)
+
+
+def followup_questions(specs: Sequence[PhotoSpec], questions: Sequence[AlbumQA], rng: random.Random) -> list[dict]:
+    """Two-turn conversations: an album question, then a follow-up about the same photo (FOLLOWUPS),
+    with the follow-up's answer for that photo: {"first", "photo_id", "followup", "answer", "qtype"}."""
+    by_id = {s.id: s for s in specs}
+    out = []
+    for q in questions:
+        spec = by_id[q.photo_ids[0]]
+        followup, kind = rng.choice(FOLLOWUPS)
+        answer = {"year": str(spec.date.year), "background": spec.background,
+                  "count_objects": NUMBER_WORDS[len(spec.objects)]}[kind]
+        out.append({"first": q.question, "photo_id": spec.id, "followup": followup, "answer": answer,
+                    "qtype": f"followup_{kind}"})
+    return out

@@ -616,25 +616,39 @@ def _candidate_reqs(spec: PhotoSpec, rng: random.Random) -> list[tuple[Requireme
 ALBUM_FORMS = ("background", "count_objects", "year", "position")
 
 
+def referring_question_text(reqs: Sequence[Requirement], form: str, position: str = "left") -> str:
+    """The question of ``form`` (ALBUM_FORMS) naming its photo by ``reqs``; position: the slot a
+    "position" question asks about."""
+    the = f"the photo with {_describe_reqs(reqs)}"
+    if form == "background":
+        return f"What color is the background in {the}?"
+    if form == "count_objects":
+        return f"How many objects are in {the}?"
+    if form == "year":
+        return f"In what year was {the} taken?"
+    if form != "position":
+        raise ValueError(f"unknown album question form {form!r}")
+    return f"What is {position_phrase(position)} in {the}?"
+
+
 def referring_question(spec: PhotoSpec, reqs: Sequence[Requirement], form: str, rng: random.Random) -> tuple[str, str]:
     """A question about ``spec`` that names it by its content (``reqs``): ``(question, answer)``.
 
     ``form`` is one of ALBUM_FORMS; the year is not visible in the pixels (it comes from EXIF), so a
     grounded answerer must read it from the photo's metadata.
     """
-    the = f"the photo with {_describe_reqs(reqs)}"
     if form == "background":
-        return f"What color is the background in {the}?", spec.background
+        return referring_question_text(reqs, form), spec.background
     if form == "count_objects":
-        return f"How many objects are in {the}?", NUMBER_WORDS[len(spec.objects)]
+        return referring_question_text(reqs, form), NUMBER_WORDS[len(spec.objects)]
     if form == "year":
-        return f"In what year was {the} taken?", str(spec.date.year)
+        return referring_question_text(reqs, form), str(spec.date.year)
     if form != "position":
         raise ValueError(f"unknown album question form {form!r}")
     pos = rng.choice(POSITIONS)
     by_pos = {o.position: o for o in spec.objects}
     a = object_phrase(by_pos[pos]) if pos in by_pos else NOTHING_ANSWER
-    return f"What is {position_phrase(pos)} in {the}?", a
+    return referring_question_text(reqs, form, pos), a
 
 
 def album_questions(specs: Sequence[PhotoSpec], rng: random.Random, max_questions: int | None = None) -> list[AlbumQA]:
