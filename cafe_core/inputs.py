@@ -74,7 +74,7 @@ class PromptEncoder:
         texts = [self.family_text(t) for t in texts]
         kwargs = {"text": texts, "padding": True, "return_tensors": "pt"}
         if images:
-            kwargs.update(images=list(images), return_text_replacement_offsets=True)
+            kwargs.update(images=self._per_text(texts, list(images)), return_text_replacement_offsets=True)
         batch = self.processor(**kwargs)
         offsets = batch.pop("text_replacement_offsets", None) or [[] for _ in texts]
         blocks = [[self._block(o["replacement"]) for o in row if o.get("type") == "image"] for row in offsets]
@@ -83,6 +83,18 @@ class PromptEncoder:
             if dtype is not None and "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
         return batch, blocks
+
+    def _per_text(self, texts: Sequence[str], images: list) -> list[list]:
+        """The flat image list split by text (the processors' own multi-image convention: LLaVA-OneVision
+        reads the images of a several-photo prompt as base views)."""
+        counts = [t.count(self.image_token) for t in texts]
+        if sum(counts) != len(images):
+            raise InputError(f"the prompts have {sum(counts)} image placeholders but {len(images)} images were given")
+        nested, start = [], 0
+        for n in counts:
+            nested.append(images[start : start + n])
+            start += n
+        return nested
 
     def _block(self, replacement: str) -> list[int]:
         # A replacement starts and ends with special tokens, so it tokenises the same alone as in context.

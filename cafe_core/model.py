@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from . import prompts
+from .crops import base_view_inputs, resolve_crops
 from .errors import InputError
 from .family import family_for
 from .forward import multimodal_base
@@ -76,7 +77,7 @@ class CafeModel:
     :mod:`cafe_core.prompts`, last-layer post-norm hidden state of the last real token, L2-normalised.
     """
 
-    def __init__(self, model, processor, name: str = "<in-memory>", batch_size: int = 8):
+    def __init__(self, model, processor, name: str = "<in-memory>", batch_size: int = 8, image_crops: str = "native"):
         self.model = model.eval()
         self.processor = processor
         self.family = family_for(model.config)
@@ -86,6 +87,7 @@ class CafeModel:
         self.name = name
         self.batch_size = batch_size
         self.dim = language_hidden_size(model.config)
+        self.image_crops = resolve_crops(image_crops, self.device)  # how many views of a photo embeddings read
         self._fingerprint: str | None = None
 
     @classmethod
@@ -96,10 +98,12 @@ class CafeModel:
         dtype: str | torch.dtype | None = "auto",
         quantization: str | None = None,
         batch_size: int = 8,
+        image_crops: str = "native",
     ) -> "CafeModel":
-        """Load a hub id, a local folder or ``tiny:<preset>``; see :func:`cafe_core.loading.load_model_and_processor`."""
+        """Load a hub id, a local folder or ``tiny:<preset>``; see :func:`cafe_core.loading.load_model_and_processor`.
+        ``image_crops``: how many views of a photo embeddings read (cafe_core.crops; "auto": cheapest on CPU)."""
         model, processor = load_model_and_processor(name_or_path, device, dtype, quantization)
-        return cls(model, processor, name=str(name_or_path), batch_size=batch_size)
+        return cls(model, processor, name=str(name_or_path), batch_size=batch_size, image_crops=image_crops)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -115,10 +119,13 @@ class CafeModel:
 
     @property
     def fingerprint(self) -> str:
-        """Short stable id of (weights, embedding prompt version, embedding dim)."""
+        """Short stable id of (weights, embedding prompt version, embedding dim, image crops): vectors with
+        equal fingerprints are comparable. The crop setting enters only when it changes the vectors."""
         if self._fingerprint is None:
-            h = hashlib.sha256(f"{prompts.PROMPT_VERSION}|{self.dim}|{weights_digest(self.model)}".encode())
-            self._fingerprint = "cafe-" + h.hexdigest()[:16]
+            key = f"{prompts.PROMPT_VERSION}|{self.dim}|{weights_digest(self.model)}"
+            if self.image_crops != "native" and self.model.config.model_type != "llava":
+                key += f"|crops={self.image_crops}"
+            self._fingerprint = "cafe-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         return self._fingerprint
 
     # ------------------------------------------------------------------ embedding
@@ -133,10 +140,13 @@ class CafeModel:
 
             steps = tqdm(steps, desc=desc, unit="batch")
         for i in steps:
-            batch = self.encoder.encode(
-                texts[i : i + bs], images[i : i + bs] if images else None, device=self.device, dtype=self.dtype
-            )
-            hidden = base(**batch).last_hidden_state
+            chunk, mm = texts[i : i + bs], None
+            if images and self.image_crops == "base":
+                batch, mm = base_view_inputs(self.model, self.encoder, chunk, images[i : i + bs], self.device, self.dtype)
+            else:
+                batch = self.encoder.encode(chunk, images[i : i + bs] if images else None, device=self.device,
+                                            dtype=self.dtype)
+            hidden = base(**batch, mm_encoder_outputs=mm).last_hidden_state if mm else base(**batch).last_hidden_state
             out[i : i + bs] = pool_last_token(hidden, batch["attention_mask"]).cpu().numpy()
         return out
 
