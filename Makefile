@@ -24,3 +24,4 @@ demo-model: $(VENV_STAMP)
 
 contact-sheet: $(VENV_STAMP)
 	$(PY) -m data contact-sheet docs/contact_sheet.png --n 12 --seed 7
+	$(PY) -m data contact-sheet docs/contact_sheet_varied.png --n 12 --seed 7 --style varied

@@ -307,7 +307,7 @@ def _photos_tab(service: PhotoService):
                 with gr.Row():
                     search_btn = gr.Button("Search", variant="primary", elem_id="search-button")
                     clear_btn = gr.Button("Clear", elem_id="search-clear")
-                with gr.Accordion("Filters", open=False):
+                with gr.Accordion("Filters", open=False, elem_id="search-filters"):
                     with gr.Row():
                         after = gr.Textbox(label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
                         before = gr.Textbox(label="Taken before", placeholder="YYYY-MM-DD", elem_id="search-before")

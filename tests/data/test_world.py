@@ -325,3 +325,50 @@ def test_bad_arguments_are_clear_errors():
         sample_photo_specs(3, seed=0, split="training")
     with pytest.raises(ValueError, match="n must be"):
         sample_photo_specs(-1, seed=0)
+
+
+# ------------------------------------------------------------------------------------------- varied style
+def _nearest_palette(pixels: np.ndarray) -> list[str]:
+    names = list(COLOR_RGB)
+    palette = np.array([COLOR_RGB[c] for c in names], dtype=np.float32)
+    # Hue survives the varied style's brightness and lighting: compare unit-length colour directions.
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-6)  # noqa: E731
+    return [names[i] for i in np.argmax(unit(pixels.astype(np.float32)) @ unit(palette).T, axis=1)]
+
+
+def test_varied_photos_hold_their_objects_where_the_ground_truth_says():
+    """Ground truth is exact in the varied style: inside each object's box, the pixels nearest in hue to
+    the object's color are many (its own body), whatever the lighting, blur, noise and overlaps."""
+    checked = 0
+    for s in sample_photo_specs(60, seed=21, split="train", style="varied"):
+        img = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(encode_photo(s)))).convert("RGB"))
+        assert img.shape[:2] == (s.height, s.width)
+        for obj, lay in zip(s.objects, layout(s)):
+            left, top, right, bottom = lay.box
+            patch = img[max(0, top):bottom, max(0, left):right].reshape(-1, 3)
+            background = np.abs(patch.astype(int) - patch.astype(int).mean(1, keepdims=True)).max(1) < 25  # grayish
+            colored = patch[~background]
+            share = np.mean([c == obj.color for c in _nearest_palette(colored)]) if len(colored) else 0.0
+            assert len(colored) >= 0.15 * len(patch) and share >= 0.5, (s.id, obj, len(colored) / len(patch), share)
+            checked += 1
+    assert checked > 100
+
+
+def test_varied_style_varies_what_plain_keeps_fixed():
+    plain = sample_photo_specs(80, seed=3, split="test")
+    varied = sample_photo_specs(80, seed=3, split="test", style="varied")
+    assert all(s.style == "plain" for s in plain) and all(s.style == "varied" for s in varied)
+    assert len({(s.width, s.height) for s in varied}) > 3 * len({(s.width, s.height) for s in plain})
+    assert any(s.height > s.width for s in varied)  # portrait photos too
+    fracs = [lay.extent / min(s.width / 3 * 1.12, s.height) for s in varied for lay in layout(s)]
+    assert min(fracs) < 0.35 and max(fracs) > 0.9  # sizes spread beyond the plain ranges
+    for s in varied:  # the position word still holds: each centre in its third, inside the photo
+        for obj, lay in zip(s.objects, layout(s)):
+            third = vocab.POSITIONS.index(obj.position)
+            assert third * s.width / 3 <= lay.cx <= (third + 1) * s.width / 3
+            assert lay.extent / 2 - 1e-6 <= lay.cx <= s.width - lay.extent / 2 + 1e-6
+    mixed = sample_photo_specs(80, seed=3, split="test", style="mixed")
+    assert 20 < sum(s.style == "varied" for s in mixed) < 60
+    # Plain photos are unchanged by the varied style's existence: same ids, same bytes for the same spec.
+    assert [s.id for s in plain][:3] == ["test-3-00000", "test-3-00001", "test-3-00002"]
+    assert varied[0].id == "test-varied-3-00000"
