@@ -40,6 +40,7 @@ from app.photos import (
     walk_photos,
 )
 from app.store import (
+    STORE_BATCH,
     ChromaLocation,
     PhotoStore,
     SkipRecord,
@@ -77,6 +78,18 @@ class IndexReport:
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "total": self.total,
         }
+
+
+@dataclass
+class _Plan:
+    """What an update will do (PhotoIndex._plan)."""
+
+    stored: dict  # id -> StoredPhoto under the roots (this shard)
+    skips: dict  # id -> SkipRecord under the roots (this shard)
+    by_hash: dict  # content hash -> id of any stored photo with those bytes
+    todo: list = field(default_factory=list)  # (id, FileEntry) to read
+    vanished: list = field(default_factory=list)  # ids whose file is gone
+    skips_resolved: list = field(default_factory=list)  # skip records to clear
 
 
 @dataclass
@@ -167,10 +180,20 @@ class PhotoIndex:
         (the web UI's progress bar).
         """
         started = time.perf_counter()
-        roots = [photo_path(r) for r in roots]
-        shard_i, shard_n = shard
-        cfg = self.config
         report = IndexReport()
+        plan = self._plan([photo_path(r) for r in roots], shard, report)
+        self._write(plan, report, progress, on_progress)
+        # Deletions last: a vanished photo may have lent its vector to a moved copy above.
+        self.store.delete(plan.vanished)
+        report.removed += len(plan.vanished)
+        self.store.remove_skips(plan.skips_resolved)
+        report.skipped.sort(key=lambda s: s.path)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _plan(self, roots: list[str], shard: tuple[int, int], report: IndexReport) -> "_Plan":
+        """Compare a walk of the roots with the store: what to read, what vanished, what is unchanged."""
+        shard_i, shard_n = shard
 
         def mine(record_id: str) -> bool:
             return shard_n == 1 or shard_of(record_id, shard_n) == shard_i
@@ -180,10 +203,8 @@ class PhotoIndex:
         skips = {i: s for i, s in self.store.skipped().items() if mine(i) and under_any(s.path, roots)}
         # Any stored photo with the same bytes lends its vector (touched, moved or copied files).
         by_hash = {s.content_hash: s.id for s in stored_all.values() if s.content_hash}
-
-        todo: list[tuple[str, FileEntry]] = []
+        plan = _Plan(stored, skips, by_hash)
         seen: set[str] = set()
-        skips_resolved: list[str] = []
         for entry in walk_photos(roots):
             record_id = photo_id(entry.path)
             if not mine(record_id) or record_id in seen:
@@ -193,50 +214,42 @@ class PhotoIndex:
             if known and known.size == entry.size and known.mtime_ns == entry.mtime_ns:
                 report.unchanged += 1
                 if record_id in skips:  # a run died between storing the photo and clearing its skip
-                    skips_resolved.append(record_id)
+                    plan.skips_resolved.append(record_id)
                 continue
             skip = skips.get(record_id)
-            if (
-                skip
-                and skip.size == entry.size
-                and skip.mtime_ns == entry.mtime_ns
-                and not (skip.reason == TOO_LARGE and cfg.max_pixels > skip.max_pixels)
+            if skip and skip.size == entry.size and skip.mtime_ns == entry.mtime_ns and not (
+                skip.reason == TOO_LARGE and self.config.max_pixels > skip.max_pixels
             ):
                 report.skipped.append(skip)  # unchanged since it failed: not retried
                 continue
-            todo.append((record_id, entry))
+            plan.todo.append((record_id, entry))
+        report.read = len(plan.todo)
+        plan.vanished = [i for i in stored if i not in seen]
+        plan.skips_resolved += [i for i in skips if i not in seen]
+        return plan
 
-        report.read = len(todo)
-        vanished = [i for i in stored if i not in seen]
-        skips_resolved += [i for i in skips if i not in seen]
-
-        writer = _BatchWriter(self, stored, skips, by_hash, report)
+    def _write(self, plan: "_Plan", report: IndexReport, progress: bool, on_progress) -> None:
+        """Read, embed and store the planned files, reporting progress after each."""
+        writer = _BatchWriter(self, plan.stored, plan.skips, plan.by_hash, report)
+        total = len(plan.todo)
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), unit="photo", desc="indexing", smoothing=0.1)
+            bar = tqdm(total=total, unit="photo", desc="indexing", smoothing=0.1)
         if on_progress is not None:
-            on_progress(0, len(todo))
+            on_progress(0, total)
         try:
-            for done, result in enumerate(self._load_all(todo, by_hash), 1):
+            for done, result in enumerate(self._load_all(plan.todo, plan.by_hash), 1):
                 writer.add(result)
                 if bar is not None:
                     bar.update(1)
                 if on_progress is not None:
-                    on_progress(done, len(todo))
+                    on_progress(done, total)
             writer.flush()
         finally:
             if bar is not None:
                 bar.close()
-
-        # Deletions last: a vanished photo may have lent its vector to a moved copy above.
-        self.store.delete(vanished)
-        report.removed += len(vanished)
-        self.store.remove_skips(skips_resolved)
-        report.skipped.sort(key=lambda s: s.path)
-        report.seconds = time.perf_counter() - started
-        return report
 
     def _load_all(self, todo: list[tuple[str, FileEntry]], by_hash: dict[str, str]):
         """Yield _Loaded/_Failed in order, decoding up to prefetch_batches batches ahead of the caller."""
@@ -290,7 +303,7 @@ class _BatchWriter:
             self.to_reuse.append(result)
         else:
             self.to_embed.append(result)
-        if len(self.to_embed) >= self.index.config.batch_size or len(self.to_reuse) + len(self.failed) >= 256:
+        if len(self.to_embed) >= self.index.config.batch_size or len(self.to_reuse) + len(self.failed) >= STORE_BATCH:
             self.flush()
 
     def flush(self) -> None:

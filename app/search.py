@@ -24,6 +24,7 @@ from PIL import Image
 
 from app.config import SearchConfig
 from app.photos import SkipPhoto, load_photo, prepare_image
+from app.store import STORE_BATCH
 
 SORTS = ("relevance", "newest", "oldest")
 # Filtered queries first look among the OVERFETCH * k (at least MIN_OVERFETCH) nearest photos.
@@ -274,6 +275,26 @@ def search_all_of(
 # --------------------------------------------------------------------------------------------- duplicates
 
 
+class _Components:
+    """Union-find over 0..n-1 (path halving): which photos a chain of near-duplicate links joins."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+
+
 @dataclass
 class DuplicateGroup:
     """Photos that are copies of each other. kind "exact": same bytes; "near": embeddings within threshold.
@@ -322,20 +343,11 @@ def find_duplicates(
         if len(members) > 1
     ]
 
-    parent = list(range(len(ids)))
-    weakest: dict[int, float] = {}
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     vectors = np.concatenate(vector_pages)
     n_results = min(neighbours + 1, len(ids))
     linked: list[tuple[int, int, float]] = []
-    for start in range(0, len(ids), 256):
-        rows = store.query_many(vectors[start : start + 256], n_results)
+    for start in range(0, len(ids), STORE_BATCH):
+        rows = store.query_many(vectors[start : start + STORE_BATCH], n_results)
         for row, neighbours_of_a in enumerate(rows):
             a = start + row
             for nbr, score, _ in neighbours_of_a:
@@ -345,13 +357,14 @@ def find_duplicates(
                 if hashes[a] and hashes[a] == hashes[b]:
                     continue  # exact copies: reported above
                 linked.append((a, b, score))
+    components = _Components(len(ids))
+    for a, b, _ in linked:
+        components.join(a, b)
+    weakest: dict[int, float] = {}
     for a, b, score in linked:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[ra] = rb
-    for a, b, score in linked:
-        root = find(a)
+        root = components.find(a)
         weakest[root] = min(weakest.get(root, 1.0), score)
+    find = components.find
 
     groups: dict[int, list[int]] = {}
     for n in range(len(ids)):

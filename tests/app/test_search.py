@@ -92,11 +92,15 @@ def test_image_query_finds_the_photo_itself(indexed):
     assert by_upload[0].score == pytest.approx(by_path[0].score, abs=1e-5)
 
 
-def test_composed_image_and_text_query(indexed, tiny_model):
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+def test_composed_image_and_text_query(indexed, tiny_model, weight):
+    """Photo + text: the normalised sum of the photo's and the (weighted) text's embeddings."""
     index, _, info = indexed
     target = info["originals"][2]
-    hits = search(index, text="the same photo at night", image=str(target), k=4)
-    q = tiny_model.embed_multimodal([load_photo(target)[0]], ["the same photo at night"])[0]
+    hits = search(index, text="the same photo at night", image=str(target), k=4, text_weight=weight)
+    photo = tiny_model.embed_images([load_photo(target)[0]])[0]
+    text = tiny_model.embed_texts(["the same photo at night"])[0]
+    q = (photo + weight * text) / np.linalg.norm(photo + weight * text)
     paths, scores = brute_force(index, q, 4)
     assert [h.path for h in hits] == paths and [h.score for h in hits] == pytest.approx(scores, abs=1e-5)
     assert not np.allclose(q, query_vector(index, image=str(target)), atol=1e-3)  # the text changed the query
