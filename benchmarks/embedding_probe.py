@@ -50,10 +50,12 @@ def text_side(model) -> dict:
 
 def image_side(model, folder: Path, max_side: int) -> dict:
     from data.images import load_image
+    from data.synth import read_album
 
-    photos = [p for p in json.loads((folder / "ground_truth.json").read_text())["photos"] if len(p["objects"]) == 1]
-    kinds = [(p["objects"][0]["color"], p["objects"][0]["shape"]) for p in photos]
-    emb = model.embed_images([load_image(folder / p["image"], max_side) for p in photos])
+    album = read_album(folder)
+    photos = [p for p in album.photos if len(p.spec.objects) == 1]
+    kinds = [p.spec.objects[0].pair for p in photos]
+    emb = model.embed_images([load_image(album.image_path(p), max_side) for p in photos])
     sim = emb @ emb.T
     same, shape_diff, color_diff = [], [], []
     for i, j in combinations(range(len(photos)), 2):

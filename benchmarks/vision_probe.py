@@ -20,23 +20,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from data.images import load_image  # noqa: E402
+from data.synth import read_album  # noqa: E402
 from data.vocab import COLORS, SHAPES  # noqa: E402
 
 
 def load_split(folder: Path, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    photos = json.loads((folder / "ground_truth.json").read_text())["photos"][:n]
+    album = read_album(folder)
+    photos = album.photos[:n]
     x = np.zeros((len(photos), 3, size, size), np.float32)
     y = np.zeros((len(photos), len(COLORS) * len(SHAPES)), np.float32)
     for i, p in enumerate(photos):
-        img = ImageOps.exif_transpose(Image.open(folder / p["image"])).convert("RGB").resize((size, size), Image.BICUBIC)
+        img = load_image(album.image_path(p)).resize((size, size), Image.BICUBIC)
         x[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-        for o in p["objects"]:
-            y[i, COLORS.index(o["color"]) * len(SHAPES) + SHAPES.index(o["shape"])] = 1.0
+        for o in p.spec.objects:
+            y[i, COLORS.index(o.color) * len(SHAPES) + SHAPES.index(o.shape)] = 1.0
     return torch.from_numpy(x), torch.from_numpy(y)
 
 

@@ -43,7 +43,7 @@ from data.queries import (
     tag_vector,
     training_questions,
 )
-from data.synth import AlbumPhoto, read_album
+from data.synth import GROUND_TRUTH_FILE, AlbumPhoto, read_album
 from data.vocab import DESCRIBE_QUESTION, POSITION_QUESTIONS
 from data.world import ALBUM_FORMS, Requirement, referring_question
 
@@ -114,8 +114,8 @@ class SampleWorldAugment:
 
     def __init__(self, data_dir: str | Path, seed: int, recipe: Recipe | None = None):
         path = Path(data_dir)
-        if not (path / "ground_truth.json").exists():
-            raise FileNotFoundError(f"augment: sampleworld needs {path / 'ground_truth.json'} (a `python -m data synth` folder)")
+        if not (path / GROUND_TRUTH_FILE).exists():
+            raise FileNotFoundError(f"augment: sampleworld needs {path / GROUND_TRUTH_FILE} (a `python -m data synth` folder)")
         self.album = read_album(path)
         self.photos = self.album.by_id()
         self.seed = seed
