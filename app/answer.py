@@ -226,7 +226,8 @@ class Answerer:
         self.index = index
         self.config = config or AnswerConfig()
         self.vocab = vocab
-        self.evidence = EvidenceChecker(model, self.config.min_yes, self.config.min_size_margin)
+        self.evidence = EvidenceChecker(model, self.config.min_yes, self.config.min_size_margin,
+                                        self.config.min_attribute)
         self._decoded: dict[str, Image.Image] = {}  # photos read for the current answer (re-ranking, check, reading)
 
     # ------------------------------------------------------------------------------------ public

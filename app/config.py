@@ -150,6 +150,8 @@ class AnswerConfig:
         ``evidence_top`` re-ranked photos passes, the answer is a refusal naming what was not found, with
         the ``max_closest`` closest photos as closest matches.
     min_yes: P(yes) the probe "Is there <thing> in the photo?" needs (calibrated).
+    min_attribute: for a thing named by a color and a shape, the larger of P(its color | "What color is
+        the <shape>?") and P(its shape | "What shape is the <color> object?") needs this (calibrated).
     min_size_margin: nats by which "a photo of a small X" must beat "a photo of a large X" (and the
         reverse) for a thing named with its size (calibrated).
     max_new_tokens: length limit of the generated answer.
@@ -166,6 +168,7 @@ class AnswerConfig:
     check_evidence: bool = True
     evidence_top: int = 5
     min_yes: float = 0.5
+    min_attribute: float = 0.0
     min_size_margin: float = 0.0
     max_closest: int = 3
     max_new_tokens: int = 48

@@ -1,11 +1,17 @@
 """Does a photo show what a question says it shows? Asked of the same model that will answer.
 
-Before a retrieved photo is cited, the generator is asked about each thing the question names
-("Is there a purple star in the photo?", read as P(yes) against P(no) from one forward pass: the
-POPE-style probe the CAFe model was trained to answer). A thing named with a size ("a small red
-square") is also weighed against the same thing in the other size: log P("a photo of a small red
-square") - log P("a photo of a large red square") under the describe instruction. A photo is evidence
-only when every thing passes (AnswerConfig.min_yes, min_size_margin; calibrated on the shipped model).
+Before a retrieved photo is cited, the generator is asked about each thing the question names, each
+question read from one forward pass as the probability of the answer (CafeModel.choice_probabilities):
+- existence: "Is there a purple star in the photo?", P(yes) against P(no) (the POPE-style probe the
+  CAFe model was trained to answer);
+- attributes, for a thing named by a color and a shape: "What color is the star?" (P(purple) among the
+  colors) and "What shape is the purple object?" (P(star) among the shapes); the larger of the two
+  counts. A photo with a purple triangle and a blue star may draw a "yes" for a purple star it does
+  not show; asked what color its star is, the model says blue;
+- size, for a thing named with one ("a small red square"): log P("a photo of a small red square") -
+  log P("a photo of a large red square") under the describe instruction.
+A photo is evidence only when every thing passes (AnswerConfig.min_yes, min_attribute,
+min_size_margin; calibrated on the shipped model by benchmarks/calibrate.py).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from cafe_core import prompts
+from data.vocab import COLORS, SHAPES
 
 # A size word and the one a photo of the other size would be described with.
 SIZE_OPPOSITES = {"small": "large", "large": "small", "big": "small", "tiny": "large", "little": "large"}
@@ -52,14 +59,25 @@ def other_size(part: str) -> str | None:
     return part[: m.start(1)] + SIZE_OPPOSITES[m.group(1).lower()] + part[m.end(1):]
 
 
+_COLOR_SHAPE = re.compile(r"\b(" + "|".join(COLORS) + r")\s+(" + "|".join(SHAPES) + r")\b", re.IGNORECASE)
+
+
+def color_and_shape(part: str) -> tuple[str, str] | None:
+    """("purple", "star") for "a small purple star"; None when the part names no (color, shape)."""
+    m = _COLOR_SHAPE.search(part)
+    return (m.group(1).lower(), m.group(2).lower()) if m else None
+
+
 @dataclass
 class PhotoEvidence:
-    """What the model says one photo shows of each part: P(yes) of its probe, and for sized parts the
-    size margin (nats; > 0 favours the named size)."""
+    """What the model says one photo shows of each part: P(yes) of its probe, the attribute check (None
+    for parts without a color and a shape), and for sized parts the size margin (nats; > 0 favours the
+    named size)."""
 
     p_yes: list[float]
     size_margin: list[float | None]
     passed: list[bool] = field(default_factory=list)
+    p_attribute: list[float | None] = field(default_factory=list)
 
     @property
     def shows_all(self) -> bool:
@@ -69,8 +87,9 @@ class PhotoEvidence:
 class EvidenceChecker:
     """Judges photos against the parts a question names (see module doc)."""
 
-    def __init__(self, model, min_yes: float, min_size_margin: float):
+    def __init__(self, model, min_yes: float, min_size_margin: float, min_attribute: float = 0.0):
         self.model, self.min_yes, self.min_size_margin = model, min_yes, min_size_margin
+        self.min_attribute = min_attribute
 
     def check(self, parts: Sequence[str], images: Sequence[Image.Image]) -> list[PhotoEvidence]:
         """One PhotoEvidence per image (all parts asked in one batch)."""
@@ -80,6 +99,7 @@ class EvidenceChecker:
         questions = [probe(p) for _ in images for p in parts]
         p_yes = self.model.choice_probabilities(questions, [im for im in images for _ in parts])[:, 0]
         p_yes = p_yes.reshape(len(images), len(parts))
+        attribute = self._attributes(parts, images)
         margins = np.full((len(images), len(parts)), np.nan)
         for j, part in enumerate(parts):
             flipped = other_size(part)
@@ -91,9 +111,25 @@ class EvidenceChecker:
         out = []
         for i in range(len(images)):
             size = [None if np.isnan(m) else float(m) for m in margins[i]]
+            attr = [None if np.isnan(a) else float(a) for a in attribute[i]]
             passed = [bool(p >= self.min_yes) and (m is None or m >= self.min_size_margin)
-                      for p, m in zip(p_yes[i], size)]
-            out.append(PhotoEvidence([float(p) for p in p_yes[i]], size, passed))
+                      and (a is None or a >= self.min_attribute) for p, m, a in zip(p_yes[i], size, attr)]
+            out.append(PhotoEvidence([float(p) for p in p_yes[i]], size, passed, attr))
+        return out
+
+    def _attributes(self, parts: list[str], images: list) -> np.ndarray:
+        """(images, parts): max of P(color | "What color is the <shape>?") and P(shape | "What shape is
+        the <color> object?"); NaN for parts that name no (color, shape)."""
+        out = np.full((len(images), len(parts)), np.nan)
+        for j, part in enumerate(parts):
+            named = color_and_shape(part)
+            if named is None:
+                continue
+            color, shape = named
+            qs = [f"What color is the {shape}?", f"What shape is the {color} object?"]
+            p_color = self.model.choice_probabilities([qs[0]] * len(images), images, COLORS)[:, COLORS.index(color)]
+            p_shape = self.model.choice_probabilities([qs[1]] * len(images), images, SHAPES)[:, SHAPES.index(shape)]
+            out[:, j] = np.maximum(p_color, p_shape)
         return out
 
 

@@ -13,7 +13,7 @@ model (app/calibration.py applies it whenever that model is loaded):
 - search.min_image_score: the same for "more like this" (relevant: shares an object kind).
 - search.composed_text_weight: photo + "on a white background" (relevant: shares a kind with the photo
   and has that background); the weight with the best precision@5.
-- answer.rerank_weight, min_yes, min_size_margin: every album question (answerable) and as many
+- answer.rerank_weight, min_yes, min_attribute, min_size_margin: every album question (answerable) and as many
   that name a missing thing (unanswerable) go through retrieval and re-ranking once; the evidence of
   the best candidates is recorded; the settings are then chosen by replaying the decision rule: the
   first candidate that passes is shown. Objective: the right photo shown first on answerable questions,
@@ -42,6 +42,7 @@ from app.config import apply_quiet_env  # noqa: E402
 
 TOP = 40  # photos looked at per search query
 MIN_YES_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+MIN_ATTRIBUTE_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SIZE_MARGIN_GRID = (-1e9, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0)
 RERANK_GRID = (0.0, 0.005, 0.01, 0.013, 0.02, 0.05)
 TEXT_WEIGHT_GRID = (0.5, 1.0, 1.5, 2.0, 3.0)
@@ -129,11 +130,13 @@ def collect_evidence(answerer, questions, parts_of, top: int) -> list[dict]:
         evidence = answerer.evidence.check(parts, list(images.values())) if images else []
         out.append({"right": q.photo_ids[0] if q.photo_ids else None, "top_score": hits[0].score if hits else None,
                     "candidates": [{"id": Path(h.path).stem, "score": h.score, "logp": lp, "p_yes": e.p_yes,
-                                    "size": e.size_margin} for h, lp, e in zip(head, logp, evidence)]})
+                                    "size": e.size_margin, "attribute": e.p_attribute}
+                                   for h, lp, e in zip(head, logp, evidence)]})
     return out
 
 
-def decide(record: dict, min_score: float, weight: float, min_yes: float, min_size: float, top: int):
+def decide(record: dict, min_score: float, weight: float, min_yes: float, min_size: float, min_attr: float,
+           top: int):
     """The photo shown first under these settings (the answerer's rule), or None for a refusal."""
     cands = [c for c in record["candidates"] if c["score"] >= min_score]
     if not cands:
@@ -141,19 +144,23 @@ def decide(record: dict, min_score: float, weight: float, min_yes: float, min_si
     best = max(c["logp"] for c in cands)
     ranked = sorted(cands, key=lambda c: -(c["score"] + weight * (c["logp"] - best)))[:top]
     for c in ranked:
-        if all(p >= min_yes and (m is None or m >= min_size) for p, m in zip(c["p_yes"], c["size"])):
+        if all(p >= min_yes and (m is None or m >= min_size) and (a is None or a >= min_attr)
+               for p, m, a in zip(c["p_yes"], c["size"], c["attribute"])):
             return c["id"]
     return None
 
 
 def answer_settings(answerable, unanswerable, min_score, top, min_refusal, max_false) -> dict:
     table = []
-    for weight, min_yes, min_size in itertools.product(RERANK_GRID, MIN_YES_GRID, SIZE_MARGIN_GRID):
-        shown = [decide(r, min_score, weight, min_yes, min_size, top) for r in answerable]
+    grid = itertools.product(RERANK_GRID, MIN_YES_GRID, SIZE_MARGIN_GRID, MIN_ATTRIBUTE_GRID)
+    for weight, min_yes, min_size, min_attr in grid:
+        shown = [decide(r, min_score, weight, min_yes, min_size, min_attr, top) for r in answerable]
         right = np.mean([s == r["right"] for s, r in zip(shown, answerable)])
         false_refusal = np.mean([s is None for s in shown])
-        refusal = np.mean([decide(r, min_score, weight, min_yes, min_size, top) is None for r in unanswerable])
+        refusal = np.mean([decide(r, min_score, weight, min_yes, min_size, min_attr, top) is None
+                           for r in unanswerable])
         table.append({"rerank_weight": weight, "min_yes": min_yes, "min_size_margin": min_size,
+                      "min_attribute": min_attr,
                       "right_photo_first": round(float(right), 4), "false_refusal_rate": round(float(false_refusal), 4),
                       "refusal_rate": round(float(refusal), 4)})
     feasible = [t for t in table if t["refusal_rate"] >= min_refusal and t["false_refusal_rate"] <= max_false]
@@ -161,7 +168,7 @@ def answer_settings(answerable, unanswerable, min_score, top, min_refusal, max_f
     key = (lambda t: (t["right_photo_first"], t["refusal_rate"])) if feasible else \
         (lambda t: t["right_photo_first"] + t["refusal_rate"] - 2 * max(0.0, t["false_refusal_rate"] - max_false))
     best = max(pool, key=key)
-    return {"settings": {k: best[k] for k in ("rerank_weight", "min_yes", "min_size_margin")},
+    return {"settings": {k: best[k] for k in ("rerank_weight", "min_yes", "min_size_margin", "min_attribute")},
             "measured": {**{k: best[k] for k in ("right_photo_first", "false_refusal_rate", "refusal_rate")},
                          "feasible_settings": len(feasible), "grid": len(table)}}
 
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     search = search_settings(index, specs, paths_by_id)
     defaults = AnswerConfig()
-    answerer = Answerer(model, index, dataclasses.replace(defaults, min_yes=0.0, min_size_margin=-1e9))
+    answerer = Answerer(model, index, dataclasses.replace(defaults, min_yes=0.0, min_size_margin=-1e9, min_attribute=0.0))
     answerable = collect_evidence(answerer, album.questions, lambda q: referring_parts(q.question), defaults.evidence_top)
     missing = unanswerable_questions(specs, random.Random(f"calibrate:{args.seed}"), args.unanswerable)
     unanswerable = collect_evidence(answerer, missing, lambda q: referring_parts(q.question), defaults.evidence_top)

@@ -70,7 +70,7 @@ def parse_args(argv):
     p.add_argument("--work", help="keep the album and database here (default: a temp folder)")
     p.add_argument("--defaults", action="store_true", help="app.config defaults instead of the model's calibration")
     for name in ("k", "min_score", "max_context", "context_margin", "rerank_top", "rerank_weight", "min_yes",
-                 "min_size_margin", "evidence_top"):
+                 "min_attribute", "min_size_margin", "evidence_top"):
         p.add_argument("--" + name.replace("_", "-"), type=type(getattr(defaults, name)), default=None,
                        help=f"AnswerConfig.{name} (default: the model's calibrated value)")
     p.add_argument("--no-check", action="store_true", help="answer without the evidence check")
@@ -101,7 +101,8 @@ def build(args):
     index_s = time.perf_counter() - t0
     config = AnswerConfig() if args.defaults else calibrated(AnswerConfig(), "answer", load_calibration(model))
     overrides = {n: getattr(args, n) for n in ("k", "min_score", "max_context", "context_margin", "rerank_top",
-                                               "rerank_weight", "min_yes", "min_size_margin", "evidence_top")
+                                               "rerank_weight", "min_yes", "min_attribute", "min_size_margin",
+                                               "evidence_top")
                  if getattr(args, n) is not None}
     config = dataclasses.replace(config, check_evidence=not args.no_check, decompose=not args.no_decompose, **overrides)
     vocab = TrainingVocab.load(model.name) if Path(model.name).is_dir() else None
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                   "skipped": len(report.skipped)},
         "config": {k: getattr(config, k) for k in ("k", "min_score", "max_context", "context_margin", "rerank_top",
                                                     "rerank_weight", "decompose", "check_evidence", "evidence_top",
-                                                    "min_yes", "min_size_margin")},
+                                                    "min_yes", "min_attribute", "min_size_margin")},
         "answer_accuracy": main_set["answer_accuracy"],
         "false_refusal_rate": main_set["false_refusal_rate"],
         "refusal_rate": missing["refusal_rate"],

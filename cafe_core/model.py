@@ -182,7 +182,6 @@ class CafeModel:
         return self._embed_prompts(prompts_, images, batch_size, progress, "embedding image+text")
 
     # ------------------------------------------------------------------ scoring
-    @torch.inference_mode()
     def reply_logprob(
         self, question: str, reply: str, images: Sequence[Image.Image], batch_size: int | None = None
     ) -> list[float]:
@@ -197,29 +196,34 @@ class CafeModel:
         images = check_images(images)
         if not images:
             raise InputError("reply_logprob needs at least one image")
-        prompt = prompts.generation_prompt(question, 1, chat=self.chat)
-        head = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = self.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]
-        if full[: len(head)] != head:  # a token spanning the prompt/reply boundary: cannot split the score
-            raise InputError("the reply merges with the prompt's last token; start it with a word")
-        n_reply = len(full) - len(head)
+        return self._replies_logprob([question] * len(images), [reply] * len(images), images, batch_size)
+
+    @torch.inference_mode()
+    def _replies_logprob(self, questions: list[str], replies: list[str], images: list, batch_size: int | None) -> list[float]:
+        """log P(reply r | question r about image r), summed over reply r's tokens, for each row r."""
+        texts, n_reply = [], []
+        for question, reply in zip(questions, replies):
+            prompt = prompts.generation_prompt(question, 1, chat=self.chat)
+            head = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            full = self.tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]
+            if full[: len(head)] != head:  # a token spanning the prompt/reply boundary: cannot split the score
+                raise InputError("the reply merges with the prompt's last token; start it with a word")
+            texts.append(prompt + reply)
+            n_reply.append(len(full) - len(head))
         bs = batch_size or self.batch_size
         base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
-        offsets = torch.arange(n_reply, device=self.device)
         out: list[float] = []
-        for i in range(0, len(images), bs):
-            chunk = images[i : i + bs]
-            batch = self.encoder.encode([prompt + reply] * len(chunk), chunk, device=self.device, dtype=self.dtype)
+        for i in range(0, len(texts), bs):
+            batch = self.encoder.encode(texts[i : i + bs], images[i : i + bs], device=self.device, dtype=self.dtype)
             hidden = base(**batch).last_hidden_state  # post-norm: what lm_head reads
-            ends = batch["attention_mask"].sum(dim=1, keepdim=True)  # right padding: real tokens are [0, end)
-            targets_at = ends - n_reply + offsets  # (B, n_reply) positions of the reply's tokens
-            rows = torch.arange(len(chunk), device=self.device).unsqueeze(1)
-            # Only the positions that predict the reply go through lm_head: full-sequence logits of a real
-            # checkpoint (152k vocabulary, thousands of image tokens) would not fit in memory.
-            logits = lm_head(hidden[rows, targets_at - 1]).float()
-            targets = batch["input_ids"][rows, targets_at]
-            picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            out.extend(picked.sum(dim=1).tolist())
+            ends = batch["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens are [0, end)
+            for row, (end, n) in enumerate(zip(ends, n_reply[i : i + bs])):
+                at = torch.arange(end - n, end, device=self.device)  # the reply's tokens
+                # Only the positions that predict the reply go through lm_head: full-sequence logits of a
+                # real checkpoint (152k vocabulary, thousands of image tokens) would not fit in memory.
+                logits = lm_head(hidden[row, at - 1]).float()
+                targets = batch["input_ids"][row, at]
+                out.append(float(torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).sum()))
         return out
 
     @torch.inference_mode()
@@ -229,9 +233,10 @@ class CafeModel:
     ) -> np.ndarray:
         """(N, C): P(choice c | question i about image i), renormalised over the choices.
 
-        Read from the next-token distribution right after the generation prompt (one forward pass per
-        pair, no generation), each choice by its first token, which must differ between choices. The app
-        asks the generator "Is there a purple star in the photo?" this way before it cites a photo.
+        When the choices start with different tokens, read from the next-token distribution right after
+        the generation prompt (one forward pass per pair, no generation); otherwise each choice's whole
+        reply is scored (one pass per pair and choice). The app asks the generator "Is there a purple star
+        in the photo?" this way before it cites a photo.
         """
         questions, images = list(questions), check_images(images)
         if len(questions) != len(images) or not questions:
@@ -240,18 +245,21 @@ class CafeModel:
         lead = self.chat.header("assistant", "x")[len(self.chat.generation_header):]
         first = [self.tokenizer(lead + c, add_special_tokens=False)["input_ids"][0] for c in choices]
         if len(set(first)) != len(first):
-            raise InputError(f"the choices {list(choices)} start with the same token; they cannot be told apart")
+            rows = [(q, lead + c, im) for q, im in zip(questions, images) for c in choices]
+            logp = np.asarray(self._replies_logprob(*map(list, zip(*rows)), batch_size)).reshape(len(questions), -1)
+            logp = logp - logp.max(axis=1, keepdims=True)
+            return np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
         bs = batch_size or self.batch_size
         base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
-        rows = []
+        out = []
         for i in range(0, len(questions), bs):
             texts = [prompts.generation_prompt(q, 1, chat=self.chat) for q in questions[i : i + bs]]
             batch = self.encoder.encode(texts, images[i : i + bs], device=self.device, dtype=self.dtype)
             hidden = base(**batch).last_hidden_state
             last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the prompt's last token
             logits = lm_head(hidden[torch.arange(len(texts), device=self.device), last]).float()
-            rows.append(torch.softmax(logits[:, first], dim=-1).cpu().numpy())
-        return np.concatenate(rows)
+            out.append(torch.softmax(logits[:, first], dim=-1).cpu().numpy())
+        return np.concatenate(out)
 
     # ------------------------------------------------------------------ generation
     def _generation_inputs(self, question: str, images: Sequence[Image.Image], history: Sequence = ()):
