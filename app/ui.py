@@ -72,6 +72,16 @@ def _filters(after: str, before: str, folder: str | None) -> Filters:
     return f
 
 
+def _problem(n_outputs: int, at: int, message: str, keep: dict | None = None) -> tuple:
+    """Outputs for a failed action: one message (in the status line at index ``at``), everything else as
+    it was (gr.update() changes nothing; ``keep`` gives the values of State outputs by index)."""
+    out = [gr.update()] * n_outputs
+    for i, value in (keep or {}).items():
+        out[i] = value
+    out[at] = f"⚠️ {message}"
+    return tuple(out)
+
+
 def _counts_md(stats: dict) -> str:
     if not stats["photos"]:
         return "**Your library is empty.** Type a photo folder above and press *Index folder* (or Enter)."
@@ -97,8 +107,14 @@ def _photo_md(record: dict) -> str:
             f"`{record['photo']}` · [open original]({photo_url(record['id'])})")
 
 
+LIBRARY_OUTPUTS = 6  # status, counts, skips, known folders, folder filter, statistics
+PHOTOS_OUTPUTS = 7  # gallery, status, state, selected, selected info, details, more button
+CHAT_OUTPUTS = 6  # chatbot, cited gallery, answer details, message box, status, turns
+
+
 class _Handlers:
-    """Event handlers (closures over one PhotoService); each returns values for its outputs."""
+    """Event handlers (closures over one PhotoService); each returns values for its outputs. A failed
+    action says why in its status line and leaves everything else as it was (no error toasts)."""
 
     def __init__(self, service: PhotoService, limits: UIConfig):
         self.s = service
@@ -122,22 +138,21 @@ class _Handlers:
         while job.state == "running":
             progress((job.done, job.total) if job.total else None, desc="indexing", unit="photos")
             time.sleep(0.2)
-        if job.state == "failed":
-            raise gr.Error(job.describe())
-        return self.library_state()
+        state = self.library_state()
+        return _problem(len(state), 0, job.describe()) if job.state == "failed" else state
 
     def index_folder(self, folder: str, progress=gr.Progress()):
         try:
             job = self.s.start_indexing(folder)
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            return _problem(LIBRARY_OUTPUTS, 0, str(e))
         return self._follow_job(job, progress)
 
     def reindex_all(self, progress=gr.Progress()):
         try:
             job = self.s.reindex_all()
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            return _problem(LIBRARY_OUTPUTS, 0, str(e))
         return self._follow_job(job, progress)
 
     # Photos -----------------------------------------------------------------------------------
@@ -149,8 +164,9 @@ class _Handlers:
         return (f"  \n*This model was trained on the sample world and has never seen {words}: these results "
                 f"can only match the shapes, colors, sizes, positions and backgrounds it knows.*")
 
-    def photos(self, text, image, after, before, folder, k):
-        """The Photos view: the library newest first, or the results of a query (text and/or photo)."""
+    def photos(self, text, image, after, before, folder, k, state=None):
+        """The Photos view: the library newest first, or the results of a query (text and/or photo). A
+        query that cannot run leaves the results as they were and says why in the status line."""
         text = (text or "").strip()
         try:
             filters = _filters(after, before, folder)
@@ -158,7 +174,7 @@ class _Handlers:
                 return self._timeline(0)
             shown, below = self.s.search_page(text=text or None, image=image or None, k=int(k), filters=filters)
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            return _problem(PHOTOS_OUTPUTS, 1, str(e), {2: state or {}})
         what = f"'{text}'" if text else "your photo"
         what = f"your photo and '{text}'" if text and image else what
         status = (f"{len(shown)} photos match {what}" if shown else f"No photo matches {what} well.")
@@ -197,12 +213,14 @@ class _Handlers:
         record = shown[evt.index]
         return record["photo"], _photo_md(record)
 
-    def find_similar(self, selected, after, before, folder, k):
+    def find_similar(self, selected, after, before, folder, k, state=None):
         try:
             path = self.s.indexed_photo(selected)
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
-        gallery, status, state, _, _, details, more = self.photos("", path, after, before, folder, k)
+            return _problem(PHOTOS_OUTPUTS, 1, str(e), {2: state or {}})
+        gallery, status, state, _, _, details, more = self.photos("", path, after, before, folder, k, state)
+        if isinstance(status, str) and status.startswith("⚠️"):
+            return gallery, status, state, gr.update(), gr.update(), details, more
         return (gallery, status.replace("your photo", f"**{Path(path).name}**"), state, path,
                 f"Photos like **{Path(path).name}**", details, more)
 
@@ -210,7 +228,7 @@ class _Handlers:
         try:
             path = self.s.indexed_photo(selected)
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            return _problem(3, 2, str(e))
         return gr.Tabs(selected="chat"), path, f"Asking about **{Path(path).name}**"
 
     # Chat -------------------------------------------------------------------------------------
@@ -219,7 +237,8 @@ class _Handlers:
         """Answer a message of the conversation (``turns``: app.answer.Turn dicts of the earlier ones)."""
         question = (message or "").strip()
         if not question:
-            raise gr.Error("type a question")
+            yield _problem(CHAT_OUTPUTS, 4, "type a question", {5: turns or []})
+            return
         history, turns = list(history or []), [Turn.from_json(t) for t in (turns or [])]
         overrides = {"k": int(k), "min_score": float(answer_threshold), "max_context": int(max_context)}
         for name, value, cast in (("context_margin", margin, float), ("rerank_top", rerank_top, int),
@@ -229,7 +248,8 @@ class _Handlers:
         try:
             image = upload or (self.s.indexed_photo(picked) if picked else None)
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            yield _problem(CHAT_OUTPUTS, 4, str(e), {5: [t.to_json() for t in turns]})
+            return
         history.append({"role": "user", "content": question})
         if image:
             history.append({"role": "user", "content": {"path": self.s.thumbnail(image, CHAT_THUMBNAIL_SIDE)}})
@@ -240,7 +260,9 @@ class _Handlers:
                 history[-1] = {"role": "assistant", "content": result.text or "…"}
                 yield history, gr.update(), {}, "", "Answering…", [t.to_json() for t in turns]
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            history[-1] = {"role": "assistant", "content": f"⚠️ {e}"}
+            yield history, gr.update(), {}, "", f"⚠️ {e}", [t.to_json() for t in turns]
+            return
         yield self._chat_done(history, result, image, turns)
 
     def _photo_messages(self, sources) -> list[dict]:
@@ -282,9 +304,9 @@ class _Handlers:
         try:
             self.s.switch_model(model)
         except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
+            return _problem(3, 1, str(e))
         except Exception:  # any path that is not a loadable model: one message, whatever the cause
-            raise gr.Error(f"{model!r} is not a model this server can load") from None
+            return _problem(3, 1, f"{model!r} is not a model this server can load")
         stats = self.s.stats()
         note = "" if stats["photos"] else " This model has no index yet: re-index in the Library tab."
         return stats, f"Loaded `{stats['model']}`.{note}", self.s.model_scope()
@@ -438,7 +460,7 @@ def _wire(demo, h: _Handlers, tabs, photos, library, chat, settings, timer) -> N
                               concurrency_id="index", show_progress="minimal")
     library.known.change(lambda v: v or gr.update(), [library.known], [library.folder], api_visibility="private")
 
-    photos_in = [photos.query, photos.image, photos.after, photos.before, photos.folder, k]
+    photos_in = [photos.query, photos.image, photos.after, photos.before, photos.folder, k, photos.state]
     photos_out = [photos.gallery, photos.status, photos.state, photos.selected, photos.selected_md, photos.details,
                   photos.more]
     demo.load(h.photos, photos_in, photos_out, api_visibility="private")
@@ -450,8 +472,8 @@ def _wire(demo, h: _Handlers, tabs, photos, library, chat, settings, timer) -> N
     photos.more.click(h.more, [photos.state], photos_out, api_name="more")
     photos.gallery.select(h.select_photo, [photos.state], [photos.selected, photos.selected_md],
                           api_visibility="private")
-    photos.similar_btn.click(h.find_similar, [photos.selected, photos.after, photos.before, photos.folder, k],
-                             photos_out, api_name="find_similar")
+    photos.similar_btn.click(h.find_similar, [photos.selected, photos.after, photos.before, photos.folder, k,
+                                              photos.state], photos_out, api_name="find_similar")
     photos.ask_btn.click(h.pick_for_chat, [photos.selected], [tabs, chat.picked, chat.picked_md],
                          api_name="pick_for_chat")
     chat.clear_pick.click(lambda: ("", ""), None, [chat.picked, chat.picked_md], api_visibility="private")
