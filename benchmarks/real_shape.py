@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_SPECS = ("llava-onevision-0.5b-si", "smolvlm-256m-instruct")
+OPS = ("embed_images_native", "embed_images_base", "embed_texts", "generate", "stream", "reply_logprob")
 TRAIN_MODES = ("full", "lora", "qlora")
 QUERY = "a red circle"
 QUESTION = "What color is the background in the photo with the red circle?"
@@ -218,12 +219,16 @@ def model_child(args) -> dict:
     ops: dict = {}
     lm = getattr(multimodal_base(cafe.model), cafe.family.language_module)  # one call per generated token
 
-    def run(name, fn, flops_fn):
+    def run(name, fn, flops_fn, extra=None):
+        if name not in args.ops:
+            return None
         for _ in range(args.warmup):  # first-call costs (CUDA context, kernels, allocator) are not the operation's
             fn()
         with Measure(args.device) as meas:
             value = fn()
         ops[name] = with_flops(meas.result, flops_fn(value), peak)
+        if extra:
+            ops[name].update(extra(value))
         return value
 
     run("embed_images_native", lambda: cafe.embed_images(photos), lambda v: sum(costs["native"]["flops"]))
@@ -245,16 +250,13 @@ def model_child(args) -> dict:
         return text, len(calls)
 
     gen = run("generate", lambda: generated(lambda: cafe.generate(QUESTION, first, max_new_tokens=args.new_tokens)),
-              lambda v: generate_flops(shape, n0, t0, v[1]))
-    ops["generate"]["new_tokens"] = gen[1]
-    stream = run("stream", lambda: generated(lambda: "".join(cafe.stream(QUESTION, first, max_new_tokens=args.new_tokens))),
-                 lambda v: generate_flops(shape, n0, t0, v[1]))
-    ops["stream"]["new_tokens"] = stream[1]
-    ops["stream"]["equals_generate"] = stream[0] == gen[0]
-    n_reply = len(cafe.tokenizer(prompts.generation_prompt(prompts.DESCRIBE_INSTRUCTION, 1, chat=cafe.chat) + REPLY,
-                                 add_special_tokens=False)["input_ids"]) - len(
-        cafe.tokenizer(prompts.generation_prompt(prompts.DESCRIBE_INSTRUCTION, 1, chat=cafe.chat),
-                       add_special_tokens=False)["input_ids"])
+              lambda v: generate_flops(shape, n0, t0, v[1]), lambda v: {"new_tokens": v[1]})
+    run("stream", lambda: generated(lambda: "".join(cafe.stream(QUESTION, first, max_new_tokens=args.new_tokens))),
+        lambda v: generate_flops(shape, n0, t0, v[1]),
+        lambda v: {"new_tokens": v[1], "equals_generate": v[0] == gen[0] if gen else None})
+    head = prompts.generation_prompt(prompts.DESCRIBE_INSTRUCTION, 1, chat=cafe.chat)
+    n_reply = len(cafe.tokenizer(head + REPLY, add_special_tokens=False)["input_ids"]) - len(
+        cafe.tokenizer(head, add_special_tokens=False)["input_ids"])
 
     def reply_flops(_):
         total = 0
@@ -263,8 +265,8 @@ def model_child(args) -> dict:
             total += vision_flops(shape, crops) + projector_flops(shape, crops) + lm_flops(shape.text, [tokens], n_reply)
         return total
 
-    lp = run("reply_logprob", lambda: cafe.reply_logprob(prompts.DESCRIBE_INSTRUCTION, REPLY, photos), reply_flops)
-    ops["reply_logprob"]["finite"] = all(math.isfinite(x) for x in lp)
+    run("reply_logprob", lambda: cafe.reply_logprob(prompts.DESCRIBE_INSTRUCTION, REPLY, photos), reply_flops,
+        lambda v: {"finite": all(math.isfinite(x) for x in v)})
     report["ops"] = ops
     report["flop_shape"] = {"vision": shape.vision.__dict__, "text": shape.text.__dict__,
                             "projector": [list(p) for p in shape.projector]}
@@ -350,7 +352,7 @@ def _common_argv(args) -> list[str]:
             "--batch-size", str(args.batch_size), "--new-tokens", str(args.new_tokens), "--seed", str(args.seed),
             "--threads", str(args.threads), "--train-batch", str(args.train_batch),
             "--train-steps", str(args.train_steps), "--max-seq-len", str(args.max_seq_len), "--work", str(args.work),
-            "--warmup", str(args.warmup)]
+            "--warmup", str(args.warmup), "--ops", *args.ops]
     if args.peak_tflops:
         argv += ["--peak-tflops", str(args.peak_tflops)]
     if args.grad_checkpointing:
@@ -442,6 +444,7 @@ def parse_args(argv=None):
     ap.add_argument("--layers", type=int, default=0, help="reduced depth: N vision and N text layers (0: as published)")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-cli", action="store_true", help="no python -m app commands")
+    ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="CafeModel operations to time (default: all)")
     ap.add_argument("--train-modes", nargs="+", default=list(TRAIN_MODES), choices=TRAIN_MODES)
     ap.add_argument("--train-batch", type=int, default=2, help="samples per training step")
     ap.add_argument("--train-steps", type=int, default=1, help="timed training steps per mode")
