@@ -73,18 +73,21 @@ def _processor(model_type: str, settings: dict, tokenizer, config):
 
         image_kwargs.setdefault("image_grid_pinpoints", config.image_grid_pinpoints)
         vision = config.vision_config
+        image_kwargs.setdefault("size", {"height": vision.image_size, "width": vision.image_size})
+        for key in ("image_mean", "image_std"):  # SigLIP towers normalise to [-1, 1]
+            image_kwargs.setdefault(key, [0.5, 0.5, 0.5])
         settings.setdefault("num_image_tokens", (vision.image_size // vision.patch_size) ** 2)
         settings.setdefault("vision_feature_select_strategy", config.vision_feature_select_strategy)
-        size = image_kwargs.get("size", {"height": vision.image_size, "width": vision.image_size})
         return LlavaOnevisionProcessor(
             image_processor=LlavaOnevisionImageProcessor(**image_kwargs), tokenizer=tokenizer,
-            video_processor=LlavaOnevisionVideoProcessor(size=size), chat_template=prompts.CHATML_TEMPLATE,
+            video_processor=LlavaOnevisionVideoProcessor(size=image_kwargs["size"]), chat_template=prompts.CHATML_TEMPLATE,
             **settings)
     if model_type in ("idefics3", "smolvlm"):
         from transformers import Idefics3ImageProcessor, Idefics3Processor
 
         vision = config.vision_config
         image_kwargs.setdefault("max_image_size", {"longest_edge": vision.image_size})
+        image_kwargs.setdefault("size", {"longest_edge": 4 * vision.image_size})  # the class's 4-crops-a-side default
         settings.setdefault("image_seq_len", (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2)
         return Idefics3Processor(image_processor=Idefics3ImageProcessor(**image_kwargs), tokenizer=tokenizer,
                                  chat_template=prompts.SMOLVLM.template, **settings)
