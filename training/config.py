@@ -22,6 +22,10 @@ class TrainConfig:
     data: str = ""  # any format data.dataset.open_dataset reads (sample-world synth folder, LLaVA JSON, JSONL/CSV, sidecar folder)
     augment: str = "none"  # "sampleworld": the recipe of training/sampleworld.py (needs ground_truth.json)
     image_max_side: int = 512  # decode-time downscale of large photos
+    # Cap on a sample's conversation in tokens, image tokens included (0 = none; training/seqlen.py): a longer
+    # conversation keeps its first exchange and as many following ones as fit (turns dropped from the end);
+    # a sample whose first exchange alone is longer is skipped. Both counts are logged and in metrics.jsonl.
+    max_seq_len: int = 0
     # --- sample-world recipe (augment: sampleworld; see training.sampleworld.Recipe)
     max_qa_turns: int = 0  # >0: keep this many random QA turns per conversation (0: 6)
     caption_turn_prob: float = 1.0  # chance to keep a "Describe the photo." turn
@@ -95,7 +99,7 @@ class TrainConfig:
         if self.batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ConfigError("batch_size, grad_accum and log_every must be >= 1")
         for key in ("lr", "vision_lr", "weight_decay", "con_weight", "lm_weight", "grad_clip", "max_steps",
-                    "save_every", "epochs"):
+                    "save_every", "epochs", "max_seq_len"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
         for key in ("warmup_ratio", "min_lr_ratio"):

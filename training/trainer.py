@@ -33,6 +33,7 @@ from data.errors import DataFormatError
 from . import parallel
 from .checkpoint import latest_checkpoint, publish_folder, rng_state, save_checkpoint, set_rng_state, truncate_metrics
 from .schedule import lr_factor
+from .seqlen import SequenceBudget
 from .config import ConfigError, TrainConfig
 from .modes import apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
 
@@ -162,6 +163,7 @@ class Trainer:
         if cfg.grad_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.encoder = PromptEncoder(self.processor, self.family)
+        self.budget = SequenceBudget(self.encoder, cfg.max_seq_len) if cfg.max_seq_len > 0 else None
         self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
                                 gather_with_grad=cfg.gather_with_grad, hard_negatives=cfg.p_hard > 0)
         self.step_module = parallel.wrap(
@@ -176,6 +178,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg, self.device)
         if start is not None:
             self._load_state(start)
+        self._t_last, self._samples_since = time.perf_counter(), 0  # samples/s since the last logged step
 
     # -- setup
     @staticmethod
@@ -242,6 +245,8 @@ class Trainer:
                     break
                 if self.augment is not None:
                     sample = self.augment(sample, epoch)
+                if self.budget is not None and (sample := self.budget.fit(sample)) is None:
+                    continue  # its first exchange alone is over max_seq_len (counted, logged)
                 chunk.append(sample)
                 if len(chunk) == cfg.batch_size:
                     consumed += per_batch
@@ -249,7 +254,9 @@ class Trainer:
                     yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), (epoch, consumed), _texts(chunk)
                     chunk = []
             if produced == 0 and n_batches > 0:  # unusable images everywhere: never spin on empty epochs
-                raise DataFormatError(cfg.data, f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples")
+                too_long = f" ({self.budget.skipped} over max_seq_len {cfg.max_seq_len})" if self.budget else ""
+                raise DataFormatError(cfg.data, f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples"
+                                      + too_long)
             epoch, consumed = epoch + 1, 0
 
     # -- loop
@@ -285,63 +292,16 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
         if self.is_main:
             truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
-        batches = iter(Prefetcher(self._batches))
+        batches = self.batches()
         from tqdm import tqdm
 
         bar = tqdm(total=self.end_step, initial=self.state["step"], desc="train", unit="step",
                    disable=not self.is_main, dynamic_ncols=True)
-        t_last, samples_since = time.perf_counter(), 0
+        self._t_last, self._samples_since = time.perf_counter(), 0
         while self.state["step"] < self.end_step:
             step = self.state["step"]
-            factor = lr_factor(step, self.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule)
-            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-                g["lr"] = base * factor
-            micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
-            tokens, step_tokens = self._supervised_tokens(micro_batches)
-            local_tokens = max(1, sum(tokens))
-            sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0}
-            for micro, (batch, position, texts) in enumerate(micro_batches):
-                batch.to(self.device, None)
-                self.vocab.update(texts)
-                with parallel.grad_sync(self.step_module, sync=micro == cfg.grad_accum - 1):
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        lm, img, txt, hard = self.step_module(batch)
-                    # L_lm is a mean over supervised tokens: weight each micro-batch by its share of the
-                    # step's tokens (all micro-batches, all ranks; x world because DDP/FSDP average
-                    # gradients over ranks), so batch 4 x accum 2 gives the update of batch 8 x accum 1.
-                    # L_con is a mean over micro-batches: accumulation does not add negatives (by design).
-                    out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
-                                       image_tags=batch.image_tags, lm_value=lm, hard_text_emb=hard,
-                                       hard_tags=batch.hard_tags, lm_scale=tokens[micro] * self.world / step_tokens,
-                                       con_scale=1 / cfg.grad_accum)
-                    if not self._all_finite(out.loss.detach()):
-                        raise NonFiniteLoss(self._nan_message(step))
-                    if out.lm_loss is not None:
-                        sums["lm_loss"] += out.lm_loss.item() * tokens[micro] / local_tokens
-                    if out.con_loss is not None:
-                        sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
-                    out.loss.backward()
-                samples_since += cfg.batch_size * self.world
-            sums["loss"] = self.loss_fn.combine(sums["lm_loss"], sums["con_loss"])
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if not self._all_finite(gnorm.detach()):
-                raise NonFiniteLoss(self._nan_message(step, what="gradient norm"))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state = {"step": step + 1, "epoch": position[0], "consumed": position[1]}
-            now = time.perf_counter()
-            rate = samples_since / max(1e-9, now - t_last)
-            record = {"step": step + 1, "epoch": position[0], **sums, "lr": self.optimizer.param_groups[0]["lr"],
-                      "grad_norm": float(parallel.local(gnorm)), "samples_per_s": rate}
-            if self.loss_fn.mode == "lm":
-                record.pop("con_loss")
-            if self.loss_fn.mode == "contrastive":
-                record.pop("lm_loss")
-            self._log(record)
-            if (step + 1) % cfg.log_every == 0 or step == 0:
-                t_last, samples_since = now, 0
-            bar.set_postfix(loss=f"{sums['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{rate:.1f}")
+            record = self.step([next(batches) for _ in range(cfg.grad_accum)])
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}")
             bar.update(1)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.end_step:
                 self._save(step + 1)
@@ -351,6 +311,67 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return final
+
+    def batches(self):
+        """The collated batches of the run from its saved data position, loaded ahead in a background
+        thread: items of ``(TrainBatch, (epoch, consumed), texts)`` for :meth:`step`."""
+        return iter(Prefetcher(self._batches))
+
+    def step(self, micro_batches: list) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches (items of :meth:`batches`): forward,
+        backward, clipping, AdamW; advances the state and returns the metrics record (also logged)."""
+        cfg = self.cfg
+        step = self.state["step"]
+        factor = lr_factor(step, self.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+        tokens, step_tokens = self._supervised_tokens(micro_batches)
+        local_tokens = max(1, sum(tokens))
+        sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0}
+        for micro, (batch, position, texts) in enumerate(micro_batches):
+            batch.to(self.device, None)
+            self.vocab.update(texts)
+            with parallel.grad_sync(self.step_module, sync=micro == cfg.grad_accum - 1):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    lm, img, txt, hard = self.step_module(batch)
+                # L_lm is a mean over supervised tokens: weight each micro-batch by its share of the
+                # step's tokens (all micro-batches, all ranks; x world because DDP/FSDP average
+                # gradients over ranks), so batch 4 x accum 2 gives the update of batch 8 x accum 1.
+                # L_con is a mean over micro-batches: accumulation does not add negatives (by design).
+                out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
+                                   image_tags=batch.image_tags, lm_value=lm, hard_text_emb=hard,
+                                   hard_tags=batch.hard_tags, lm_scale=tokens[micro] * self.world / step_tokens,
+                                   con_scale=1 / cfg.grad_accum)
+                if not self._all_finite(out.loss.detach()):
+                    raise NonFiniteLoss(self._nan_message(step))
+                if out.lm_loss is not None:
+                    sums["lm_loss"] += out.lm_loss.item() * tokens[micro] / local_tokens
+                if out.con_loss is not None:
+                    sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
+                out.loss.backward()
+            self._samples_since += cfg.batch_size * self.world
+        sums["loss"] = self.loss_fn.combine(sums["lm_loss"], sums["con_loss"])
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not self._all_finite(gnorm.detach()):
+            raise NonFiniteLoss(self._nan_message(step, what="gradient norm"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state = {"step": step + 1, "epoch": position[0], "consumed": position[1]}
+        now = time.perf_counter()
+        rate = self._samples_since / max(1e-9, now - self._t_last)
+        record = {"step": step + 1, "epoch": position[0], **sums, "lr": self.optimizer.param_groups[0]["lr"],
+                  "grad_norm": float(parallel.local(gnorm)), "samples_per_s": rate}
+        if self.loss_fn.mode == "lm":
+            record.pop("con_loss")
+        if self.loss_fn.mode == "contrastive":
+            record.pop("lm_loss")
+        if self.budget is not None:
+            record.update(self.budget.counts())
+        self._log(record)
+        if (step + 1) % cfg.log_every == 0 or step == 0:
+            self._t_last, self._samples_since = now, 0
+        return record
 
     def _nan_message(self, step: int, what: str = "loss") -> str:
         last = latest_checkpoint(self.ckpt_root)
