@@ -24,6 +24,7 @@ import gradio as gr
 from app.answer import Turn
 from app.config import ConfigError, UIConfig
 from app.guard import Guard, photo_url
+from app.model import not_loadable_message
 from app.search import Filters, Hit, QueryError
 from app.service import CHAT_THUMBNAIL_SIDE, PhotoService
 from app.store import StoreError
@@ -284,7 +285,7 @@ class _Handlers:
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
         except Exception:  # any path that is not a loadable model: one message, whatever the cause
-            raise gr.Error(f"{model!r} is not a model this server can load") from None
+            raise gr.Error(not_loadable_message(str(model).strip())) from None
         stats = self.s.stats()
         note = "" if stats["photos"] else " This model has no index yet: re-index in the Library tab."
         return stats, f"Loaded `{stats['model']}`.{note}", self.s.model_scope()
