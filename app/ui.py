@@ -501,7 +501,7 @@ def launch(service: PhotoService, options: ServeOptions, temp_dir: str, block: b
         footer_links=[],
         css=CSS,
         app_kwargs={"middleware": [Middleware(Guard, photo_file=service.photo_file, temp_dir=temp_dir,
-                                              config=options.limits)]},
+                                              config=options.limits, auth=options.auth is not None)]},
     )
     print(f"CAFe Photos is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     if options.host not in (LOOPBACK, "localhost", "::1") and not options.auth:
