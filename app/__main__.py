@@ -557,5 +557,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# Commands that write nothing but their output (and an ask --session file, closed before it returns): once
+# that is flushed they leave with os._exit, skipping the interpreter's teardown of torch, transformers and
+# chromadb (about 2 s on a 2-core machine, longer than the search itself). Commands that write the index
+# (index, serve, demo) exit normally.
+FAST_EXIT = {"search", "duplicates", "ask"}
+
+
+def run() -> None:
+    """`python -m app`: main(), then exit (fast for FAST_EXIT commands)."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv and argv[0] in FAST_EXIT:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

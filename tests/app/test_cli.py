@@ -291,6 +291,25 @@ def test_search_imports_only_what_it_uses(indexed_cli, tiny_model_dir):
     assert done.stderr.strip().splitlines()[-1] == "[]"
 
 
+def test_read_only_commands_exit_fast_with_all_their_output(indexed_cli, tiny_model_dir, tmp_path):
+    """search/duplicates/ask leave with os._exit once their output is flushed (skipping the interpreter's
+    teardown of torch and chromadb): everything they print still arrives, through a pipe, and an ask
+    --session file is complete."""
+    root, db, _ = indexed_cli
+    model = ["--db", db, "--model", tiny_model_dir]
+    done = run_subprocess("search", "a photo", *model, "-k", "16")
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 0 and len(lines) == 16 and all(Path(line.split()[-1]).is_file() for line in lines)
+    done = run_subprocess("duplicates", *model, "--json", "--threshold", "0.999999")
+    assert done.returncode == 0 and json.loads(done.stdout) == {"exact": [], "near": []}
+    session = tmp_path / "talk.json"
+    photo = sorted((root / "a").glob("*.jpg"))[0]
+    done = run_subprocess("ask", "What color is the background?", "--image", photo, "--session", session, *model,
+                          "--json")
+    assert done.returncode == 0 and "answer" in json.loads(done.stdout), done.stderr
+    assert len(json.loads(session.read_text())["turns"]) == 1
+
+
 def test_query_that_is_not_utf8_is_one_line(indexed_cli, tiny_model_dir):
     _, db, _ = indexed_cli
     for command in ("search", "ask"):
