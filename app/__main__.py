@@ -66,7 +66,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="model folder, hub id or tiny:<preset> (default: the shipped demo model)")
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto (default %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
-                   help="weights' precision; auto: bfloat16 on GPUs that support it, else float32 (default %(default)s)")
+                   help="weights' precision; auto: bfloat16 on GPUs that support it, else float32 "
+                        "(default %(default)s)")
     p.add_argument("--image-crops", choices=IMAGE_CROPS, default=defaults.image_crops,
                    help="views of a photo the model reads to embed it: native (the checkpoint's processor), base "
                         "(one view, several times cheaper for LLaVA-OneVision and SmolVLM), auto (base on CPU); "

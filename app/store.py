@@ -352,7 +352,8 @@ class PhotoStore:
         if not create:
             with chroma_errors(location.db_dir or location.describe()):
                 if not indexed_models(client):
-                    raise NotIndexedError(f"no photos are indexed in {location.describe()} yet. Index them first: {hint}")
+                    raise NotIndexedError(
+                        f"no photos are indexed in {location.describe()} yet. Index them first: {hint}")
 
     def _open(self, create: bool):
         existing = {m.collection: m for m in indexed_models(self.client)}

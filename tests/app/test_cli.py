@@ -453,6 +453,10 @@ def test_dtype_reaches_the_model(indexed_cli, tiny_model_dir, capsys):
 
     assert load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
     assert load_model(str(tiny_model_dir), device="cpu", dtype="float32").dtype == torch.float32
+    from app.config import IMAGE_CROPS
+    from cafe_core.crops import IMAGE_CROPS as CORE_CROPS
+
+    assert set(IMAGE_CROPS) == {"auto", *CORE_CROPS}  # the CLI's choices are cafe_core's (without importing it)
     _, db, _ = indexed_cli
     code, out, err = run_cli(capsys, "search", "a red circle", "--db", db, "--model", tiny_model_dir, "--dtype",
                              "bfloat16", "-k", "4", "--json")
