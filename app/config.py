@@ -224,11 +224,12 @@ def with_overrides(config, items):
         name = name.strip().replace("-", "_")
         if not sep or name not in fields:
             raise ConfigError(f"{item!r}: want NAME=VALUE with NAME one of {', '.join(fields)}")
-        kind = type(getattr(config, name))
+        # The declared type (annotations are strings here), else the current value's: 6 * 3600 is a float field.
+        kind = {"int": int, "float": float, "str": str}.get(str(fields[name].type), type(getattr(config, name)))
         try:
             value = kind(raw.strip())
         except ValueError:
-            raise ConfigError(f"{item!r}: {name} wants a {kind.__name__}") from None
+            raise ConfigError(f"{item!r}: {name} wants a value of type {kind.__name__}") from None
         if isinstance(value, (int, float)) and (not math.isfinite(value) or value < 0):
             raise ConfigError(f"{item!r}: {name} wants a finite value >= 0")
         changes[name] = value

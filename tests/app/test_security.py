@@ -403,6 +403,20 @@ def test_failed_logins_slow_down(auth_server):
     assert time.monotonic() - start < cap  # the delay was reset by the good login
 
 
+def test_ui_limits_are_overridden_by_name():
+    from app.config import ConfigError, with_overrides
+
+    limits = with_overrides(UIConfig(), ["max_uploads=3", "temp_max_age_s=0.5", "login-max-delay-s=2",
+                                         "max_file_size=5mb"])
+    assert (limits.max_uploads, limits.temp_max_age_s, limits.login_max_delay_s, limits.max_file_size) == (
+        3, 0.5, 2.0, "5mb")
+    assert with_overrides(UIConfig(), []) == UIConfig()
+    for bad, wanted in (("max_uploads=many", "of type int"), ("nope=1", "NAME one of"), ("max_uploads", "NAME=VALUE"),
+                        ("login_base_delay_s=nan", "finite"), ("max_uploads=-1", ">= 0")):
+        with pytest.raises(ConfigError, match=wanted):
+            with_overrides(UIConfig(), [bad])
+
+
 def test_temp_folder_pruning_by_age_then_size(tmp_path):
     """prune_folder (what the guard runs in the background): files past the age go, then the oldest until
     the folder fits its size cap; the newest stay."""
