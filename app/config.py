@@ -6,6 +6,8 @@ command-line help shows these defaults. Importing it has no side effects.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,13 @@ DEMO_MODEL_DIR = REPO_ROOT / "models" / "cafe-tiny-sampleworld"
 # Environment variable that overrides the default database folder.
 DB_ENV_VAR = "CAFE_PHOTOS_DB"
 
-# Telemetry off for every library the app touches (applied by the CLI, never at import).
+# Telemetry off for every library the app touches, and no library progress bars on stderr (the model
+# loads in a second; stderr is for the app's own messages). Applied by the CLI, never at import.
 QUIET_ENV = {
     "ANONYMIZED_TELEMETRY": "False",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "GRADIO_ANALYTICS_ENABLED": "False",
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -78,6 +82,27 @@ DEFAULT_MAX_SIDE = 512
 # 100 MP medium-format photos and most panoramas.
 DEFAULT_MAX_PIXELS = 150_000_000
 DEFAULT_K = 10  # results per search, photos retrieved per question
+
+
+# --dtype choices: "auto" is bfloat16 on GPUs that support it, float32 elsewhere (cafe_core.loading.resolve_dtype).
+DTYPES = ("auto", "float32", "bfloat16")
+# --image-crops choices: cafe_core.crops.IMAGE_CROPS plus "auto" (the cheapest, "base", on CPU; "native" on a GPU).
+IMAGE_CROPS = ("auto", "native", "base")
+
+
+@dataclass
+class ModelConfig:
+    """How the app loads its one model (app.model.load_model).
+
+    image_crops: how many views of a photo embeddings read (cafe_core.crops). "native" (the checkpoint's
+        own processor) is the default so that indexes built before the option existed stay valid; "base"
+        is several times cheaper for LLaVA-OneVision and SmolVLM. The setting is part of the model's
+        fingerprint where it changes the vectors: search with the setting the index was built with.
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    image_crops: str = "native"
 
 
 @dataclass
@@ -190,3 +215,25 @@ class UIConfig:
     login_max_delay_s: float = 8.0  # doubling with each further failure, up to this
     max_k: int = 60  # largest results-per-search the Settings slider offers
     page_size: int = 60  # photos per page of the Photos view
+
+
+def with_overrides(config, items):
+    """A copy of a config dataclass with ``NAME=VALUE`` items applied (``serve --ui-limit``), each VALUE
+    read as the type of the field's current value; ConfigError names the fields for an unknown one."""
+    changes = {}
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for item in items or ():
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise ConfigError(f"{item!r}: want NAME=VALUE with NAME one of {', '.join(fields)}")
+        # The declared type (annotations are strings here), else the current value's: 6 * 3600 is a float field.
+        kind = {"int": int, "float": float, "str": str}.get(str(fields[name].type), type(getattr(config, name)))
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{item!r}: {name} wants a value of type {kind.__name__}") from None
+        if isinstance(value, (int, float)) and (not math.isfinite(value) or value < 0):
+            raise ConfigError(f"{item!r}: {name} wants a finite value >= 0")
+        changes[name] = value
+    return dataclasses.replace(config, **changes)

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from app.config import ConfigError, IndexConfig, default_db_dir
+from app.config import ConfigError, IndexConfig, ModelConfig, default_db_dir, resolve_model
 from app.photos import (
     CORRUPT,
     TOO_LARGE,
@@ -107,6 +107,11 @@ class _Failed:
     error: SkipPhoto
 
 
+def _is_name(model) -> bool:
+    """A model given by name (or None: the shipped one), not a loaded CafeModel."""
+    return model is None or isinstance(model, (str, os.PathLike))
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """"I/N" -> (I, N), with 0 <= I < N."""
     try:
@@ -140,7 +145,9 @@ class PhotoIndex:
         chroma_host: str | None = None,
         chroma_port: int | None = None,
         config: IndexConfig | None = None,
-        device: str = "auto",
+        device: str = ModelConfig.device,
+        dtype: str = ModelConfig.dtype,
+        image_crops: str = ModelConfig.image_crops,
     ) -> "PhotoIndex":
         """Open the index of `model` in a database.
 
@@ -149,16 +156,23 @@ class PhotoIndex:
         model: a loaded cafe_core.CafeModel, a model path/hub id, or None for the shipped demo model.
         create: True to start a new index for this model (indexing); False refuses a database that
             holds no index for this model (searching), with a message that says how to re-index.
+        device, dtype, image_crops: how a model given by name loads (app.config.ModelConfig).
+
+        The database is opened before the model loads: one that cannot serve (missing, damaged,
+        read-only, empty when searching) fails in about a second, not after loading torch and the model.
         """
         from app.model import load_model
 
         config = config or IndexConfig()
-        model = load_model(model, device=device, batch_size=config.batch_size)
         if chroma_host:
             location = ChromaLocation(host=chroma_host, port=int(chroma_port or 8000))
         else:
             location = ChromaLocation(db_dir=os.fspath(db or default_db_dir()))
-        store = PhotoStore(location, model.fingerprint, model.dim, model_name=model.name, create=create)
+        name = resolve_model(os.fspath(model) if model else None) if _is_name(model) else model.name
+        PhotoStore.preflight(location, name, create=create, image_crops=image_crops)
+        model = load_model(model, device=device, dtype=dtype, batch_size=config.batch_size, image_crops=image_crops)
+        store = PhotoStore(location, model.fingerprint, model.dim, model_name=model.name, create=create,
+                           image_crops=model.image_crops)
         return cls(model, store, config)
 
     def count(self) -> int:

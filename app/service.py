@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 from app.answer import Answer, Answerer, Turn
 from app.calibration import calibrated, load_calibration
-from app.config import AnswerConfig, ConfigError, IndexConfig, SearchConfig
+from app.config import AnswerConfig, ConfigError, IndexConfig, ModelConfig, SearchConfig
 from app.photos import SkipPhoto, load_photo, photo_path, walk_photos
 from app.search import Filters, Hit, QueryError, hit_from_record, search, split_at
 from app.store import photo_id
@@ -64,11 +64,12 @@ class PhotoService:
     thumbs_dir: where thumbnails are written (the server's own temp folder).
     """
 
-    def __init__(self, db: str | os.PathLike, model=None, *, device: str = "auto", thumbs_dir: str | os.PathLike,
-                 answer_config: AnswerConfig | None = None, index_config: IndexConfig | None = None,
-                 search_config: SearchConfig | None = None):
+    def __init__(self, db: str | os.PathLike, model=None, *, device: str = ModelConfig.device,
+                 thumbs_dir: str | os.PathLike, answer_config: AnswerConfig | None = None,
+                 index_config: IndexConfig | None = None, search_config: SearchConfig | None = None,
+                 dtype: str = ModelConfig.dtype, image_crops: str = ModelConfig.image_crops):
         self.db = os.fspath(db)
-        self.device = device
+        self.model_config = ModelConfig(device=device, dtype=dtype, image_crops=image_crops)
         self.index_config = index_config or IndexConfig()
         # Defaults; the loaded model's calibrated settings (app.calibration) apply over them.
         self._answer_defaults = answer_config or AnswerConfig()
@@ -86,7 +87,9 @@ class PhotoService:
         from app.index import PhotoIndex
         from app.model import load_model
 
-        model = load_model(model, device=self.device, batch_size=self.index_config.batch_size)
+        mc = self.model_config
+        model = load_model(model, device=mc.device, dtype=mc.dtype, batch_size=self.index_config.batch_size,
+                           image_crops=mc.image_crops)
         # create=True: a model without an index yet gets an empty one (the Library tab offers indexing).
         self.index = PhotoIndex.open(db=self.db, model=model, create=True, config=self.index_config)
         self.model = model
@@ -100,7 +103,9 @@ class PhotoService:
         return self.model.name
 
     def switch_model(self, model: str) -> None:
-        """Load another model (its own index in the same database; re-index to fill it)."""
+        """Load another model (its own index in the same database; re-index to fill it). A name that does
+        not load is app.model.ModelNotLoadable, with one message whatever the cause (the model box is
+        user input: the message must not tell which server paths exist)."""
         if not model or not str(model).strip():
             raise ConfigError("give a model folder or hub id")
         if self.indexing:

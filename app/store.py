@@ -7,10 +7,16 @@ mixed with, or queried by, another. Files that could not be indexed live in a se
 (the skip list) so they are not retried until they change.
 
 Vectors always come from the caller (cafe_core); Chroma's embedding function is never used.
+
+Schema: each photo collection records the SCHEMA_VERSION it was written with. Opening one of an older
+version migrates it step by step (ensure_version, one MIGRATIONS step per version); one of a newer
+version is refused. A database that cannot be opened (damaged, read-only, a file instead of a folder)
+is a StoreError that says what to do, and nothing is created for a command that only reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -18,13 +24,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 COLLECTION_PREFIX = "photos-"
 SKIP_COLLECTION = "cafe-photos-skipped"
-SCHEMA_VERSION = 1
+# Version 1: fingerprint, dim, model. Version 2: + image_crops (cafe_core.crops: "native" or "base").
+SCHEMA_VERSION = 2
+DB_FILE = "chroma.sqlite3"  # what makes a folder an embedded Chroma database
 # Chroma pages: big enough to be fast, small enough to bound memory.
 PAGE = 5000
 # Records per write or query batch that is not a model batch (reused vectors, skips, neighbour queries).
@@ -93,8 +101,20 @@ class ChromaLocation:
     def describe(self) -> str:
         return f"chroma server {self.host}:{self.port}" if self.host else f"database {self.db_dir}"
 
-    def connect(self):
-        """A Chroma client (telemetry off): PersistentClient for a folder, HttpClient for a server."""
+    def _path(self) -> Path:
+        if not self.db_dir:
+            raise StoreError("no database folder given")
+        return Path(self.db_dir).expanduser()
+
+    def connect(self, create: bool = False, hint: str = ""):
+        """A Chroma client (telemetry off): PersistentClient for a folder, HttpClient for a server.
+
+        create: make a missing database folder (indexing). Without it a missing folder is a
+        NotIndexedError (ending with ``hint``, the command that fixes it) and nothing is written. A file
+        where the folder should be, a damaged or read-only database are StoreErrors that say what to do.
+        """
+        if not self.host:
+            check_folder(self._path(), create, hint)  # before chromadb is imported: these fail in no time
         import chromadb
         from chromadb.config import Settings
 
@@ -103,12 +123,20 @@ class ChromaLocation:
             try:
                 return chromadb.HttpClient(host=self.host, port=int(self.port), settings=settings)
             except Exception as e:  # connection refused, bad host...
-                raise StoreError(f"cannot reach the chroma server at {self.host}:{self.port}: {e}") from e
-        if not self.db_dir:
-            raise StoreError("no database folder given")
-        path = Path(self.db_dir).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(path), settings=settings)
+                raise StoreError(f"cannot reach the chroma server at {self.host}:{self.port}: {_one_line(e)}") from e
+        path = self._path()
+        if create:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the database folder {path} ({e.strerror}): choose another --db "
+                                 "folder, or one you can write to") from e
+        try:
+            with chroma_errors(path):
+                return chromadb.PersistentClient(path=str(path), settings=settings)
+        except StoreError:
+            _forget_system(str(path))
+            raise
 
     def reconnect(self):
         """A client that sees what other processes wrote since this process opened the database.
@@ -123,7 +151,51 @@ class ChromaLocation:
             from chromadb.api.client import SharedSystemClient
 
             SharedSystemClient.clear_system_cache()
-        return self.connect()
+        return self.connect(create=False)
+
+
+def check_folder(path: Path, create: bool, hint: str = "") -> None:
+    """StoreError/NotIndexedError for a database folder that cannot be one, before Chroma touches it."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--db {path} is a file, not a database folder: give a folder (indexing creates it)")
+    if not create and not (path / DB_FILE).is_file():
+        what = "does not exist" if not path.exists() else "holds no database"
+        raise NotIndexedError(f"no photos are indexed in database {path} yet (the folder {what}). Index them first: "
+                              f"{hint or 'python -m app index PHOTOS_DIR --db ' + str(path)}")
+
+
+def _forget_system(identifier: str) -> None:
+    """Drop the half-started Chroma system a failed PersistentClient leaves in Chroma's per-process cache:
+    otherwise every later client of that folder in this process fails on it (the web UI, tests)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient._identifier_to_system.pop(identifier, None)
+    SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+@contextlib.contextmanager
+def chroma_errors(path):
+    """Turn what Chroma raises for a database it cannot use into a StoreError that says what to do."""
+    import sqlite3
+
+    from chromadb.errors import ChromaError
+
+    try:
+        yield
+    except (ChromaError, sqlite3.Error, OSError) as e:
+        detail = _one_line(e)
+        low = detail.lower()
+        if "not a database" in low or "malformed" in low or "corrupt" in low:
+            raise StoreError(f"the database {path} is damaged or not a Chroma database ({detail}): move the folder "
+                             f"away (mv {path} {path}.broken) and index your photos again") from e
+        if "readonly" in low or "read-only" in low or "permission denied" in low or "unable to open" in low:
+            raise StoreError(f"cannot write to the database {path} ({detail}); Chroma writes even to search: make it "
+                             f"writable (chmod -R u+w {path}) or copy the folder somewhere you can write") from e
+        raise StoreError(f"cannot use the database {path}: {detail}") from e
 
 
 def collection_name(fingerprint: str) -> str:
@@ -142,6 +214,8 @@ class IndexedModel:
     dim: int
     model: str
     count: int
+    image_crops: str = "native"
+    schema: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -182,13 +256,55 @@ def indexed_models(client) -> list[IndexedModel]:
                 dim=int(meta.get("dim", 0)),
                 model=str(meta.get("model", "?")),
                 count=col.count(),
+                image_crops=str(meta.get("image_crops", "native")),  # schema 1: native crops
+                schema=schema_of(meta),
             )
         )
     return found
 
 
-def _reindex_hint(model_name: str) -> str:
-    return f"python -m app index PHOTOS_DIR --db DB_DIR --model {model_name}"
+def _reindex_hint(model_name: str, image_crops: str = "native") -> str:
+    crops = f" --image-crops {image_crops}" if image_crops != "native" else ""
+    return f"python -m app index PHOTOS_DIR --db DB_DIR --model {model_name}{crops}"
+
+
+# ------------------------------------------------------------------------------------------- schema
+
+
+def schema_of(meta: dict | None) -> int:
+    """The schema version a collection's metadata records (collections from before versioning: 1)."""
+    try:
+        return int((meta or {}).get("schema", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _v1_to_v2(meta: dict) -> dict:
+    """v2 records the crop setting the vectors were embedded with; every v1 collection used the
+    checkpoint's native crops (cafe_core had no other setting then)."""
+    return {**meta, "image_crops": "native"}
+
+
+# MIGRATIONS[v] turns the metadata of a version-v collection into version v+1's (one step each).
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+
+
+def ensure_version(collection, where: str = "this database") -> dict:
+    """Bring a photo collection to SCHEMA_VERSION, one migration step at a time (each step written
+    before the next one runs), and return its metadata. A collection written by a newer version of
+    the app is refused: migrating down could lose what that version recorded."""
+    meta = dict(collection.metadata or {})
+    version = schema_of(meta)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the photo index in {where} was written by a newer version of this app (schema {version}; this one "
+            f"reads up to {SCHEMA_VERSION}): update the app (git pull), or index into another --db folder")
+    while version < SCHEMA_VERSION:
+        meta = MIGRATIONS[version](meta)
+        version += 1
+        meta["schema"] = version
+        collection.modify(metadata=meta)
+    return meta
 
 
 class PhotoStore:
@@ -196,6 +312,7 @@ class PhotoStore:
 
     `create=True` makes the collection if missing (indexing); `create=False` refuses a database that
     was indexed with another model, or not at all (searching). Both refuse vectors of the wrong size.
+    `image_crops` is the model's crop setting (CafeModel.image_crops), recorded with a new collection.
 
     Reads stay correct while another process writes (an `index` run next to a search): the store
     reopens the database when the photo count moved under it (at most once a second, so new photos
@@ -210,56 +327,86 @@ class PhotoStore:
     REFRESH_INTERVAL_S = 1.0
 
     def __init__(self, location: ChromaLocation, fingerprint: str, dim: int, model_name: str = "",
-                 create: bool = False):
+                 create: bool = False, image_crops: str = "native"):
         self.location = location
         self.fingerprint = fingerprint
         self.dim = int(dim)
         self.model_name = model_name or fingerprint
+        self.image_crops = image_crops
         self.name = collection_name(fingerprint)
         self._lock = threading.RLock()
-        self.client = location.connect()
-        self.collection = self._open(create)
+        self.client = location.connect(create=create, hint=self._hint())
+        with chroma_errors(location.db_dir or location.describe()):
+            self.collection = self._open(create)
+            self._seen_count = self.collection.count()
         self._skips = None
-        self._seen_count = self.collection.count()
         self._checked_at = time.monotonic()
+
+    def _hint(self) -> str:
+        return _reindex_hint(self.model_name, self.image_crops)
+
+    @staticmethod
+    def preflight(location: ChromaLocation, model_name: str, create: bool = False, image_crops: str = "native") -> None:
+        """Fail now if the database cannot serve a PhotoStore: called before the model loads, so a missing,
+        damaged or read-only database (or an empty one, to search) is a StoreError within a second."""
+        hint = _reindex_hint(model_name, image_crops)
+        client = location.connect(create=create, hint=hint)
+        if not create:
+            with chroma_errors(location.db_dir or location.describe()):
+                if not indexed_models(client):
+                    raise NotIndexedError(
+                        f"no photos are indexed in {location.describe()} yet. Index them first: {hint}")
 
     def _open(self, create: bool):
         existing = {m.collection: m for m in indexed_models(self.client)}
         if self.name not in existing and not create:
-            others = [m for m in existing.values() if m.count > 0] or list(existing.values())
-            if not others:
-                raise NotIndexedError(
-                    f"no photos are indexed in {self.location.describe()} yet. Index them first: "
-                    f"{_reindex_hint(self.model_name)}"
-                )
-            listing = "; ".join(f"'{m.model}' (fingerprint {m.fingerprint}, {m.count} photos)" for m in others)
-            raise ModelMismatchError(
-                f"{self.location.describe()} was indexed with another model: {listing}. "
-                f"The model in use, '{self.model_name}' (fingerprint {self.fingerprint}), has no index there. "
-                f"Re-index with it: {_reindex_hint(self.model_name)}  "
-                f"(or pass --model with the model that built the index)."
+            self._refuse(list(existing.values()))
+        if self.name in existing:
+            col = self.client.get_collection(self.name, embedding_function=None)
+        else:
+            metadata = {
+                "fingerprint": self.fingerprint,
+                "dim": self.dim,
+                "model": self.model_name,
+                "image_crops": self.image_crops,
+                "schema": SCHEMA_VERSION,
+                "kind": "cafe-photos",
+            }
+            col = self.client.get_or_create_collection(  # another indexer may create it at the same moment
+                self.name,
+                embedding_function=None,  # vectors come from cafe_core only
+                configuration={"hnsw": HNSW_CONFIG},
+                metadata=metadata,
             )
-        metadata = {
-            "fingerprint": self.fingerprint,
-            "dim": self.dim,
-            "model": self.model_name,
-            "schema": SCHEMA_VERSION,
-            "kind": "cafe-photos",
-        }
-        col = self.client.get_or_create_collection(
-            self.name,
-            embedding_function=None,  # vectors come from cafe_core only
-            configuration={"hnsw": HNSW_CONFIG},
-            metadata=metadata,
-        )
-        meta = col.metadata or {}
+        meta = ensure_version(col, self.location.describe())
         if meta.get("fingerprint") != self.fingerprint or int(meta.get("dim", -1)) != self.dim:
             raise ModelMismatchError(
                 f"collection {self.name} belongs to model '{meta.get('model')}' (fingerprint "
                 f"{meta.get('fingerprint')}, dim {meta.get('dim')}), not to '{self.model_name}' "
-                f"(fingerprint {self.fingerprint}, dim {self.dim}). Re-index: {_reindex_hint(self.model_name)}"
+                f"(fingerprint {self.fingerprint}, dim {self.dim}). Re-index: {self._hint()}"
             )
         return col
+
+    def _refuse(self, existing: list[IndexedModel]) -> None:
+        """NotIndexedError or ModelMismatchError for a database that holds no index of this model."""
+        others = [m for m in existing if m.count > 0] or existing
+        where = self.location.describe()
+        if not others:
+            raise NotIndexedError(f"no photos are indexed in {where} yet. Index them first: {self._hint()}")
+        crops = [m for m in others if m.model == self.model_name and m.image_crops != self.image_crops]
+        if crops:
+            theirs = crops[0].image_crops
+            raise ModelMismatchError(
+                f"{where} was indexed with '{self.model_name}' reading photos with --image-crops {theirs}, not "
+                f"{self.image_crops}: vectors of the two settings do not compare. Pass --image-crops {theirs}, "
+                f"or re-index with this setting: {self._hint()}")
+        listing = "; ".join(f"'{m.model}' (fingerprint {m.fingerprint}, {m.count} photos)" for m in others)
+        raise ModelMismatchError(
+            f"{where} was indexed with another model: {listing}. "
+            f"The model in use, '{self.model_name}' (fingerprint {self.fingerprint}), has no index there. "
+            f"Re-index with it: {self._hint()}  "
+            f"(or pass --model with the model that built the index)."
+        )
 
     # ---------------------------------------------------------------------- concurrent writers
 

@@ -24,6 +24,7 @@ import gradio as gr
 from app.answer import Turn
 from app.config import ConfigError, UIConfig
 from app.guard import Guard, photo_url
+from app.model import not_loadable_message
 from app.search import Filters, Hit, QueryError
 from app.service import CHAT_THUMBNAIL_SIDE, PhotoService
 from app.store import StoreError
@@ -306,7 +307,7 @@ class _Handlers:
         except USER_ERRORS as e:
             return _problem(3, 1, str(e))
         except Exception:  # any path that is not a loadable model: one message, whatever the cause
-            return _problem(3, 1, f"{model!r} is not a model this server can load")
+            return _problem(3, 1, not_loadable_message(str(model).strip()))
         stats = self.s.stats()
         note = "" if stats["photos"] else " This model has no index yet: re-index in the Library tab."
         return stats, f"Loaded `{stats['model']}`.{note}", self.s.model_scope()
@@ -522,7 +523,7 @@ def launch(service: PhotoService, options: ServeOptions, temp_dir: str, block: b
         footer_links=[],
         css=CSS,
         app_kwargs={"middleware": [Middleware(Guard, photo_file=service.photo_file, temp_dir=temp_dir,
-                                              config=options.limits)]},
+                                              config=options.limits, auth=options.auth is not None)]},
     )
     print(f"CAFe Photos is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     if options.host not in (LOOPBACK, "localhost", "::1") and not options.auth:

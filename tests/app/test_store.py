@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from app.store import (
+    SCHEMA_VERSION,
     ChromaLocation,
     ModelMismatchError,
     NotIndexedError,
     PhotoStore,
     SkipRecord,
+    StoreError,
     collection_name,
     indexed_models,
     photo_id,
@@ -175,3 +177,109 @@ def test_chroma_server(chroma_server, tmp_path):
         PhotoStore(location, "fp-other", DIM, "model-o", create=False)
     again = PhotoStore(location, "fp-server", DIM, "model-s", create=False)
     assert again.count() == 20
+
+
+def write_v1_collection(db, fingerprint: str = "fp-old", n: int = 5):
+    """A database as schema 1 wrote it (fingerprint, dim, model, schema 1; no image_crops), through Chroma
+    itself: (ids, vectors)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(db), settings=Settings(anonymized_telemetry=False))
+    col = client.create_collection(
+        collection_name(fingerprint), embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
+        metadata={"fingerprint": fingerprint, "dim": DIM, "model": "old-model", "schema": 1, "kind": "cafe-photos"})
+    ids, vectors, metas = records(n, seed=5)
+    col.upsert(ids=ids, embeddings=vectors, metadatas=[{k: v for k, v in m.items() if v is not None} for m in metas])
+    return ids, vectors
+
+
+def reopened_metadata(db, fingerprint: str) -> dict:
+    """The collection's metadata as a fresh process would read it (the system cache dropped)."""
+    location = ChromaLocation(db_dir=str(db))
+    return dict(location.reconnect().get_collection(collection_name(fingerprint)).metadata)
+
+
+def test_new_collections_record_the_schema_and_crops(tmp_path):
+    store = PhotoStore(ChromaLocation(db_dir=str(tmp_path / "db")), "fp-new", DIM, "m", create=True, image_crops="base")
+    assert SCHEMA_VERSION == 2
+    assert reopened_metadata(tmp_path / "db", "fp-new") == {
+        "fingerprint": "fp-new", "dim": DIM, "model": "m", "image_crops": "base", "schema": 2, "kind": "cafe-photos"}
+    assert store.count() == 0
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_a_v1_collection_is_migrated_step_by_step(tmp_path, create):
+    """A schema-1 database (built with native crops) opens as schema 2, its records untouched, for a search
+    and for an index run alike."""
+    db = tmp_path / "db"
+    ids, vectors = write_v1_collection(db)
+    store = PhotoStore(ChromaLocation(db_dir=str(db)), "fp-old", DIM, "old-model", create=create)
+    meta = reopened_metadata(db, "fp-old")
+    assert meta["schema"] == 2 and meta["image_crops"] == "native"
+    assert {k: meta[k] for k in ("fingerprint", "dim", "model", "kind")} == {
+        "fingerprint": "fp-old", "dim": DIM, "model": "old-model", "kind": "cafe-photos"}
+    assert store.count() == 5 and store.query(vectors[3], k=1)[0][0] == ids[3]
+    (model,) = indexed_models(store.client)
+    assert (model.schema, model.image_crops) == (2, "native")
+    PhotoStore(ChromaLocation(db_dir=str(db)), "fp-old", DIM, "old-model")  # a second open changes nothing
+    assert reopened_metadata(db, "fp-old") == meta
+
+
+def test_migrations_run_one_step_at_a_time(tmp_path, monkeypatch):
+    """ensure_version walks the ladder from the collection's version: every step runs once, in order, and
+    each is written before the next (a crash between steps resumes from the last one written)."""
+    import app.store as store_module
+
+    db = tmp_path / "db"
+    write_v1_collection(db)
+    seen = []
+
+    def v2_to_v3(meta):
+        seen.append(("2->3", meta["schema"], meta["image_crops"]))
+        return {**meta, "v3": True}
+
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(store_module.MIGRATIONS, 2, v2_to_v3)
+    PhotoStore(ChromaLocation(db_dir=str(db)), "fp-old", DIM, "old-model")
+    assert seen == [("2->3", 2, "native")]
+    meta = reopened_metadata(db, "fp-old")
+    assert (meta["schema"], meta["image_crops"], meta["v3"]) == (3, "native", True)
+
+
+def test_a_collection_of_a_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "db"
+    write_v1_collection(db)
+    location = ChromaLocation(db_dir=str(db))
+    col = location.connect().get_collection(collection_name("fp-old"))
+    col.modify(metadata={**col.metadata, "schema": SCHEMA_VERSION + 1})
+    for create in (False, True):
+        with pytest.raises(StoreError) as info:
+            PhotoStore(ChromaLocation(db_dir=str(db)), "fp-old", DIM, "old-model", create=create)
+        message = str(info.value)
+        assert f"schema {SCHEMA_VERSION + 1}" in message and "newer version" in message and "update the app" in message
+    assert reopened_metadata(db, "fp-old")["schema"] == SCHEMA_VERSION + 1  # left as it was
+
+
+def test_another_crop_setting_is_refused_with_the_setting_to_use(tmp_path):
+    """Same model, vectors embedded with other crops (another fingerprint): the message names both settings."""
+    location = ChromaLocation(db_dir=str(tmp_path / "db"))
+    store = PhotoStore(location, "fp-base", DIM, "tiny:x", create=True, image_crops="base")
+    ids, vectors, metas = records(3)
+    store.upsert(ids, vectors, metas)
+    with pytest.raises(ModelMismatchError) as info:
+        PhotoStore(location, "fp-native", DIM, "tiny:x", image_crops="native")
+    message = str(info.value)
+    assert "--image-crops base" in message and "not native" in message
+    assert "python -m app index PHOTOS_DIR --db DB_DIR --model tiny:x" in message
+
+
+def test_missing_folder_is_not_created_to_read(tmp_path):
+    location = ChromaLocation(db_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(NotIndexedError, match="does not exist"):
+        PhotoStore(location, "fp", DIM, "m")
+    with pytest.raises(NotIndexedError):
+        PhotoStore.preflight(location, "m")
+    assert not (tmp_path / "nowhere").exists()
+    PhotoStore(location, "fp", DIM, "m", create=True)  # indexing creates it
+    assert (tmp_path / "nowhere" / "chroma.sqlite3").is_file()
