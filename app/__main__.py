@@ -306,7 +306,7 @@ def cmd_duplicates(args) -> int:
 
 
 # AnswerConfig fields whose default comes from the model's calibration (app.calibration) when it has one.
-CALIBRATED_ASK_OPTIONS = ("min_score", "rerank_weight", "min_yes", "min_size_margin", "context_margin")
+CALIBRATED_ASK_OPTIONS = ("min_score", "rerank_weight", "min_yes", "min_attribute", "min_size_margin", "context_margin")
 
 
 def add_ask_arguments(p: argparse.ArgumentParser) -> None:
@@ -332,6 +332,8 @@ def add_ask_arguments(p: argparse.ArgumentParser) -> None:
                              ("rerank_weight", "weight (>= 0) of the model's log-likelihood when re-ranking",
                               number(0)),
                              ("min_yes", "P(yes), 0 to 1, a photo needs for each thing the question names",
+                              number(0, 1)),
+                             ("min_attribute", "P(its color or shape), 0 to 1, asked about a thing named by both",
                               number(0, 1)),
                              ("min_size_margin", "nats the named size must win by", number()),
                              ("context_margin", "show photos within this score (0 to 2) of the best", number(0, 2))):

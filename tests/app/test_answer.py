@@ -389,7 +389,7 @@ def test_cli_ask_plain_text_and_no_match(indexed, tiny_model_dir, capsys):
     index, _ = indexed
     db = str(index.store.location.db_dir)
     model = ["--db", db, "--model", str(tiny_model_dir)]
-    code, out, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "2")
+    code, out, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "1")
     assert code == 0 and out.strip() == "I found no photo with the red circle."
     code, out, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "-1", "--no-check")
     _, as_json, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "-1", "--no-check", "--json")
@@ -403,7 +403,7 @@ def test_cli_ask_plain_text_and_no_match(indexed, tiny_model_dir, capsys):
     code, out_whole, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "-1", "--rerank-top", "0",
                                  "--no-decompose", "--no-check", "--json")
     assert code == 0 and json.loads(out_whole)["sources"][0]["path"] == search(index, text=QUESTION, k=1)[0].path
-    code, out, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "-1", "--min-yes", "1.01")
+    code, out, _ = run_cli(capsys, "ask", QUESTION, *model, "--min-score", "-1", "--min-yes", "1")
     assert code == 0 and out.startswith("I found no photo with the red circle.\nclosest matches (not answers):")
     code, _, err = run_cli(capsys, "ask", "--db", db, "--model", str(tiny_model_dir))
     assert code == 2 and "QUESTION" in err
