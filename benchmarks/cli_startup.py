@@ -23,7 +23,6 @@ measure before/after a change in the same conditions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -36,6 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.report import emit  # noqa: E402
+
 GOAL_SEARCH_WALL_S = 4.0
 # Modules whose cumulative import time is reported (those that are imported at all).
 WATCHED = ("torch", "torch._dynamo", "transformers", "transformers.modeling_utils", "transformers.processing_utils",
@@ -138,10 +140,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
         "first_line": runs[0]["lines"][0],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

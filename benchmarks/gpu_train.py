@@ -34,6 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import emit  # noqa: E402
+
 H100_BF16_DENSE_TFLOPS = 989.0  # H100/H200 SXM, bf16 dense (no sparsity)
 TARGETS = {"train_mfu": 0.35, "index_of_floor": 0.60}
 
@@ -310,10 +312,7 @@ def main(argv=None) -> dict:
             "index_of_floor": {k: v["model_of_floor"] >= TARGETS["index_of_floor"] for k, v in report["index"].items()},
         }
     report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return report
 
 

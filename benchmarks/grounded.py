@@ -27,7 +27,6 @@ check or the threshold turned every photo down), "retrieval" (the right photo wa
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.config import apply_quiet_env  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 
 _CITATION = re.compile(r"\[\d+\]")
 
@@ -256,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": round(time.perf_counter() - started, 1),
         "examples_wrong": examples,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
     return 0
 
 

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 
 GOALS = {"pipeline_to_model_ratio": 0.85, "rescan_files_per_s": 5000, "chroma_query_p50_ms_100k": 10.0}
 
@@ -237,10 +237,7 @@ def main(argv=None) -> int:
     result["goals_met"] = {k: (result[k] >= v if k != "chroma_query_p50_ms_100k" else result[k] <= v)
                            for k, v in GOALS.items() if k in result}
     result["seconds_total"] = time.perf_counter() - started
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

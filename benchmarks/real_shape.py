@@ -43,6 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import emit  # noqa: E402
+
 DEFAULT_SPECS = ("llava-onevision-0.5b-si", "smolvlm-256m-instruct")
 OPS = ("embed_images_native", "embed_images_base", "embed_texts", "generate", "stream", "reply_logprob")
 TRAIN_MODES = ("full", "lora", "qlora")
@@ -516,10 +518,7 @@ def main(argv=None) -> dict:
     out = {"device": args.device, "dtype": args.dtype_resolved, "layers": args.layers or "published",
            "photos": args.photos, "short_side": short, "peak_tflops": args.peak_tflops if args.peak_tflops else "unknown",
            "models": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(out, args.out)
     return out
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import emit  # noqa: E402
+
 MODES = ("lm_only", "contrastive_only", "cafe_shared", "cafe_naive", "cafe_tree")
 N_DISTINCT_BATCHES = 3  # cycled, so steps do not all see the same tensors
 
@@ -231,10 +233,7 @@ def main(argv=None) -> dict:
         report["ratio_cafe_tree_to_lm_only"] = round(sec["cafe_tree"] / sec["lm_only"], 3)
     if "cafe_tree" in sec and "cafe_shared" in sec:
         report["ratio_cafe_tree_to_shared"] = round(sec["cafe_tree"] / sec["cafe_shared"], 3)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return report
 
 
