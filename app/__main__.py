@@ -40,6 +40,7 @@ from app.config import (
     UIConfig,
     apply_quiet_env,
     default_db_dir,
+    user_errors,
 )
 from app.options import OneLineParser, at_least, number, port, text
 
@@ -362,20 +363,18 @@ def cmd_ask(args) -> int:
         check_db(args)  # and a database that cannot answer (before torch is imported: in a second)
 
     from app.answer import Answerer
-    from app.calibration import calibrated, load_calibration
-    from app.config import AnswerConfig
+    from app.calibration import model_settings
     from app.conversation import Session
     from app.model import load_model
-    from cafe_core.vocab import TrainingVocab
 
     session = Session.open(args.session) if args.session else None  # a bad session file fails before the model
     # One model for everything: questions about a photo need no index, so it is opened on first need.
     model = load_model(args.model, **model_options(args))
-    config = calibrated(AnswerConfig(), "answer", load_calibration(model))
+    settings = model_settings(model)
     chosen = {n: getattr(args, n) for n in CALIBRATED_ASK_OPTIONS if getattr(args, n) is not None}
-    config = dataclasses.replace(config, k=args.k, max_context=args.max_context, rerank_top=args.rerank_top,
+    config = dataclasses.replace(settings.answer, k=args.k, max_context=args.max_context, rerank_top=args.rerank_top,
                                  decompose=not args.no_decompose, check_evidence=not args.no_check, **chosen)
-    answerer = Answerer(model, None, config, vocab=TrainingVocab.load(model.name) if os.path.isdir(model.name) else None)
+    answerer = Answerer(model, None, config, vocab=settings.vocab)
 
     def run(question, image, echo: bool = False):
         if image is None and answerer.index is None:
@@ -515,20 +514,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is the whole story for the user (no traceback)."""
-    from app.search import QueryError
-    from app.store import StoreError
-
-    errors: list[type[BaseException]] = [ConfigError, StoreError, QueryError, FileNotFoundError]
-    # Only when cafe_core was imported (no CafeError can come from elsewhere): importing it loads torch,
-    # seconds that an error found before the model loads should not cost.
-    cafe_errors = sys.modules.get("cafe_core.errors")
-    if cafe_errors is not None:
-        errors.append(cafe_errors.CafeError)
-    return tuple(errors)
 
 
 def _stdout_closed() -> int:

@@ -19,12 +19,15 @@ A message is read first (app.query.parse_message):
   really shows every named thing (app.evidence). Only photos that pass are shown to the model and cited;
   when none does, the answer is a refusal naming what was not found, with the closest photos as
   *closest matches* (never citations);
-- "Show me photos of ..." returns the matching photos (search with the relevance cutoff, then checked);
-- a follow-up ("When was it taken?") is asked about the photo(s) cited in the previous turn (``history``);
+- "Show me photos of ..." returns the retrieved photos scoring >= min_score that pass the same check;
+- a follow-up ("When was it taken?") is asked about the first photo of the previous turn (``history``):
+  the one it cited first, or the best photo it found; after a refusal there is none, and it is refused;
 - anything else (general knowledge, chit-chat, a question that names no photo) is refused: there is
   no photo to answer from. A question that uses words the model never saw in training
   (cafe_core.vocab) is refused saying so.
-A question about one given photo (``image=``) skips all of this and asks the model about that photo.
+A question about one given photo (``image=``) skips all of this and asks the model about that photo;
+when that photo is in the index, a question about its date is asked with the date from the index (the
+pixels do not show it).
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ from PIL import Image
 from app.config import AnswerConfig
 from app.evidence import EvidenceChecker, PhotoEvidence, missing_parts
 from app.photos import SkipPhoto, load_photo, prepare_image
-from app.query import followup_question, parse_message, the_parts
-from app.search import Filters, Hit, QueryError, search, search_all_of
+from app.query import FOLLOWUP_WORDS, followup_question, parse_message, the_parts
+from app.search import Filters, Hit, QueryError, indexed_hit, search, search_all_of
 from cafe_core import prompts
+from data.vocab import DESCRIBE_QUESTION
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +56,10 @@ log = logging.getLogger(__name__)
 NO_MATCH_ANSWER = "I found no matching photo for that question, so I cannot answer it from your photos."
 NOT_FOUND = "I found no photo with {things}."
 UNKNOWN_WORDS = "I found no photo with {things}: this model has never seen {words} (it knows only what it was trained on)."
+UNKNOWN_FOLLOWUP = "I cannot answer that from the photo: this model has never seen {words} (it knows only what it was trained on)."
 OFF_TOPIC = ("I can only answer questions about your photos. Name the photo by what it shows (for example "
              "\"What color is the background in the photo with the red circle?\"), or pick one in Photos.")
 SEARCH_FOUND = "Found {n} photo{s} with {things}."
-KINDS = ("answer", "search", "refusal")
 
 _CITATION = re.compile(r"\[(\d+)\]")
 
@@ -93,7 +97,6 @@ class Answer:
     question: str
     text: str = ""
     sources: list[Source] = field(default_factory=list)
-    found: bool = True
     done: bool = False
     kind: str = "answer"
     missing: list[str] = field(default_factory=list)
@@ -103,6 +106,11 @@ class Answer:
     @property
     def refused(self) -> bool:
         return self.kind == "refusal"
+
+    @property
+    def found(self) -> bool:
+        """Was there a photo to answer from (or to show)?"""
+        return not self.refused
 
     @property
     def citations(self) -> dict[int, str]:
@@ -158,7 +166,9 @@ class Turn:
 
     @classmethod
     def of(cls, answer: Answer) -> "Turn":
-        photos = answer.cited_paths or ([s.path for s in answer.sources if s.path] if answer.kind == "answer" else [])
+        """The turn of an answer: its photos are the cited ones (first citation first), else the photos it
+        was given or found (a search's results); a refusal has none (its closest matches are not answers)."""
+        photos = answer.cited_paths or [s.path for s in answer.sources if s.path]
         return cls(answer.question, answer.text, photos, list(answer.parts), answer.kind)
 
     def to_json(self) -> dict:
@@ -186,9 +196,8 @@ def select_context(
 ) -> list[Hit]:
     """The photos to show the model: score >= min_score, within context_margin of the best, at most max_context.
 
-    `hits` must be ordered best first (as app.search returns them by relevance). `relevance` (one per
-    hit; default: the cosine scores) orders the passing hits and measures the margin; a hit whose
-    relevance is None is never shown.
+    `relevance` (one per hit; default: the cosine scores) orders the passing hits, most relevant first
+    (ties keep the order of `hits`), and measures the margin; a hit whose relevance is None is never shown.
     """
     rel = [h.score for h in hits] if relevance is None else list(relevance)
     if len(rel) != len(hits):
@@ -202,7 +211,7 @@ def select_context(
 
 
 def order_sources(sources: Sequence[Source], text: str) -> list[Source]:
-    """Mark the sources cited in text; cited ones first (by first citation), then the rest by score."""
+    """Mark the sources cited in text; cited ones first (by first citation), then the rest in their order."""
     order = cited_numbers(text)
     for s in sources:
         s.cited = s.n in order
@@ -252,14 +261,18 @@ class Answerer:
         question = question.strip()
         self._decoded.clear()
         if image is not None:
-            yield from self._stream_about(question, image)
+            yield from self._stream_about(question, image, followup_question(question, ()))
             return
-        previous = next((t for t in reversed(history) if t.photos), None)
+        previous = history[-1] if history and history[-1].photos else None
         parsed = parse_message(question, has_previous=previous is not None)
         if parsed.kind == "other":
             yield self._refusal(question, OFF_TOPIC)
         elif parsed.kind == "followup":
-            yield from self._stream_followup(question, previous)
+            unknown = [w for w in self._unknown([question]) if w not in FOLLOWUP_WORDS]
+            if unknown:
+                yield self._refusal(question, UNKNOWN_FOLLOWUP.format(words=", ".join(f"'{w}'" for w in unknown)))
+            else:
+                yield from self._stream_followup(question, previous)
         elif (unknown := self._unknown(parsed.parts)):
             words = ", ".join(f"'{w}'" for w in unknown)
             yield self._refusal(question, UNKNOWN_WORDS.format(things=the_parts(parsed.parts), words=words),
@@ -293,7 +306,7 @@ class Answerer:
         """
         result = Answer(question, parts=list(parts))
         if not context:
-            result.text, result.found, result.done, result.kind = NO_MATCH_ANSWER, False, True, "refusal"
+            result.text, result.done, result.kind = NO_MATCH_ANSWER, True, "refusal"
             yield result
             return
         result.sources = [Source(h.path, h.score, h.date[:10], n) for n, h in enumerate(context, 1)]
@@ -314,17 +327,25 @@ class Answerer:
         head = [i for i, h in enumerate(hits) if h.score >= cfg.min_score][: cfg.rerank_top]
         if len(head) < 2 or cfg.rerank_weight == 0:
             return [h.score for h in hits]
-        images = self._readable({i: hits[i] for i in head})
-        if not images:
-            return [None] * len(hits)
         if parts is None:
             parts = parse_message(question).parts if cfg.decompose else ()
-        description = prompts.describe_parts(parts) if parts else question
-        logp = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, description, list(images.values()))
+        logp = self.description_logprob(question, [hits[i] for i in head], parts)
+        known = [lp for lp in logp if lp is not None]
         out: list[float | None] = [None] * len(hits)
-        for i, lp in zip(images, logp):
-            out[i] = hits[i].score + cfg.rerank_weight * (lp - max(logp))
+        for i, lp in zip(head, logp):
+            if lp is not None:
+                out[i] = hits[i].score + cfg.rerank_weight * (lp - max(known))
         return out
+
+    def description_logprob(self, question: str, hits: Sequence[Hit], parts: Sequence[str] = ()) -> list[float | None]:
+        """log P("a photo of <the parts>" (or the question itself) | each photo) under the describe
+        question; None for a photo that cannot be read."""
+        images = self._readable(dict(enumerate(hits)))
+        if not images:
+            return [None] * len(hits)
+        description = prompts.describe_parts(parts) if parts else question
+        by_index = dict(zip(images, self.model.reply_logprob(DESCRIBE_QUESTION, description, list(images.values()))))
+        return [by_index.get(i) for i in range(len(hits))]
 
     def check(self, parts: Sequence[str], hits: Sequence[Hit]) -> list[PhotoEvidence | None]:
         """The evidence check of each hit (None for a photo that cannot be read)."""
@@ -345,7 +366,7 @@ class Answerer:
 
     def _refusal(self, question: str, text: str, missing: Sequence[str] = (), closest: Sequence[Hit] = (),
                  parts: Sequence[str] = ()) -> Answer:
-        return Answer(question, text=text, found=False, done=True, kind="refusal", missing=list(missing),
+        return Answer(question, text=text, done=True, kind="refusal", missing=list(missing),
                       closest=[Source(h.path, h.score, h.date[:10]) for h in closest], parts=list(parts))
 
     def _ranked(self, question: str, parts: list[str], k, filters) -> list[tuple[Hit, float]]:
@@ -394,28 +415,30 @@ class Answerer:
                       parts=parts)
 
     def _stream_followup(self, question: str, previous: Turn) -> Iterator[Answer]:
-        """A follow-up about the previous turn's photo(s): rewritten to name them when it fits a trained form."""
+        """A follow-up about the previous turn's first photo, rewritten to name it when it fits a trained form."""
         rewritten = followup_question(question, previous.parts)
-        if rewritten is None or len(previous.photos) != 1:
-            yield from self._stream_about(question, previous.photos[0], parts=previous.parts)
-            return
-        from app.search import indexed_hit
-
-        try:
-            hit = indexed_hit(self.index, previous.photos[0])
-        except QueryError:  # the photo left the index since: ask about the file itself
-            yield from self._stream_about(question, previous.photos[0], parts=previous.parts)
-            return
-        for result in self.stream_with_context(rewritten, [hit], previous.parts):
-            result.question = question
-            yield result
+        yield from self._stream_about(question, previous.photos[0], rewritten, previous.parts)
 
     def _generate(self, content: str, images: list[Image.Image], result: Answer) -> Iterator[Answer]:
         for piece in self.model.stream(content, images, max_new_tokens=self.config.max_new_tokens):
             result.text += piece
             yield result
 
-    def _stream_about(self, question: str, image, parts: Sequence[str] = ()) -> Iterator[Answer]:
+    def _stream_about(self, question: str, image, rewritten: str | None = None,
+                      parts: Sequence[str] = ()) -> Iterator[Answer]:
+        """Ask about one photo. A photo of the index with a ``rewritten`` question (a trained form: see
+        app.query.followup_question) is asked in the grounded format, with its date; otherwise the question
+        is asked about the pixels as it is."""
+        if rewritten and not isinstance(image, Image.Image) and self.index is not None:
+            try:
+                hit = indexed_hit(self.index, os.path.abspath(os.fspath(image)))
+            except QueryError:  # not in the index (any more): asked about the file itself
+                hit = None
+            if hit is not None:
+                for result in self.stream_with_context(rewritten, [hit], parts):
+                    result.question = question
+                    yield result
+                return
         if isinstance(image, Image.Image):
             img, path = prepare_image(image.copy(), self.config.max_side), getattr(image, "filename", "") or ""
         else:

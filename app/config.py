@@ -36,6 +36,23 @@ class ConfigError(Exception):
     """A setting the user must fix (missing model, bad option); the message says how."""
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is the whole story for the user (the CLI prints one line, the UI shows it
+    in the status line): no traceback."""
+    import sys
+
+    from app.search import QueryError
+    from app.store import StoreError
+
+    errors: list[type[BaseException]] = [ConfigError, StoreError, QueryError, FileNotFoundError]
+    # Only when cafe_core was imported (no CafeError can come from elsewhere): importing it loads torch,
+    # seconds that an error found before the model loads should not cost.
+    cafe_errors = sys.modules.get("cafe_core.errors")
+    if cafe_errors is not None:
+        errors.append(cafe_errors.CafeError)
+    return tuple(errors)
+
+
 def apply_quiet_env() -> None:
     """Turn telemetry off in this process unless the user set these variables themselves."""
     for key, value in QUIET_ENV.items():
@@ -141,35 +158,26 @@ class AnswerConfig:
     """How grounded answers pick their evidence and generate.
 
     k: photos retrieved for a question (the candidates the context is chosen from).
-    min_score: score a photo needs to count as matching the question (the mean cosine over the things it
-        names with decomposition, else the question's cosine); below it for every photo, the answer is
-        NO_MATCH_ANSWER. Calibrated on the shipped model with benchmarks/grounded.py on a 300-photo album
-        (seed 300): just below the lowest best score of any album question (0.394). On this model
-        the score does not tell off-topic questions apart (on the seed-200 album they score up to 0.86,
-        album questions' best scores have median 0.56), so they are answered from the closest photo (an
-        earlier demo model separated them, 0.643 vs >= 0.728). Scores are model-specific: recalibrate.
+    min_score: score a photo needs to be a candidate (the mean cosine over the things the question names
+        with decomposition, else the question's cosine); when no photo reaches it, the answer is a refusal
+        ("I found no photo with ..."). Scores mean something only for one model: the shipped model's value
+        is calibrated (benchmarks/calibrate.py, stored in its app_calibration.json, applied by
+        app.calibration); this default is for models without one.
     max_context: at most this many photos are shown to the model.
-    context_margin: only photos within this cosine distance of the best score are shown. A tiny model
-        answers best when the evidence is unambiguous: near-ties are shown, clear runners-up are not.
-        Measured on an earlier demo model (benchmarks/grounded.py, 300 photos, seed 300): margin 0 (the top
-        photo and exact ties) -> answers cite a photo 100% of the time, 32% right; 0.01 (3 photos
-        for 90% of questions) -> 26%, 27%; 0.05 -> 27%, 27%. It was trained with one photo per grounded
-        prompt, so it reads best from one; a model trained with several photos per prompt can use a
-        wider margin (e.g. 0.05).
+    context_margin: only photos within this relevance of the best are shown: 0 shows the best photo (and
+        exact ties), which is what a small model reads best; a model trained with several photos per
+        grounded prompt can take a wider margin (e.g. 0.05) and cite the right one among them.
     rerank_top: the best this many retrieved photos (those scoring >= min_score) are re-ranked by the
         same model before the context is chosen from them; 0 or 1 turns re-ranking off (context from
         retrieval order). Re-ranking asks the generator how likely "a photo of <the things the question
         names>" (or the question itself, when it names none) is as a description of each photo
-        (CafeModel.reply_logprob with the describe instruction): the embedding ranks by one pooled
+        (CafeModel.reply_logprob with the describe question): the embedding ranks by one pooled
         vector, the generator reads every image token against every word.
-    rerank_weight: score added per nat of that log-likelihood (relevance = score + weight x log P).
-        Calibrated on the shipped model (300 photos, seed 300, top-1 photo of 168 album questions, with
-        decomposition): retrieval alone 0.500; re-ranking the top 5 with weight 0.013 0.554 (0.01: 0.548,
-        0.02: 0.536, 0.05: 0.554).
+    rerank_weight: score added per nat of that log-likelihood (relevance = score + weight x log P;
+        calibrated).
     decompose: retrieve a question that names its photo by what it shows ("... in the photo with the
         red car and the dog?") by each of those things (app.query.referring_parts,
         app.search.search_all_of) instead of by one embedding of the whole question.
-        Shipped model, seed-300 album: top-1 0.339 by the whole question, 0.500 by its parts (top 5 0.863).
     check_evidence: before a photo is shown to the model, ask the model whether it shows each thing the
         question names (app.evidence); photos that fail are never cited, and when none of the best
         ``evidence_top`` re-ranked photos passes, the answer is a refusal naming what was not found, with

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from app.answer import Answer, Turn
@@ -34,17 +35,30 @@ class Session:
             return cls(path, [])
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("version") != SESSION_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, this app reads version {SESSION_VERSION}")
             turns = [Turn.from_json(t) for t in data["turns"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"--session {path} is not a conversation file ({type(e).__name__}: {e}); "
                               "give a new file name to start a conversation") from None
         return cls(path, turns)
 
     def add(self, answer: Answer) -> None:
-        """Append an answered turn and save the file."""
+        """Append an answered turn and save the file (atomically: a private temp file, synced, then
+        renamed over it; two runs at once each leave a whole file, the later one's)."""
         self.turns = (self.turns + [Turn.of(answer)])[-MAX_TURNS:]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"version": SESSION_VERSION, "turns": [t.to_json() for t in self.turns]}, indent=1),
-                       encoding="utf-8")
-        os.replace(tmp, self.path)
+        text = json.dumps({"version": SESSION_VERSION, "turns": [t.to_json() for t in self.turns]}, indent=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            raise ConfigError(f"cannot save the conversation to --session {self.path}: {e.strerror or e}") from None

@@ -24,17 +24,17 @@ import numpy as np
 from PIL import Image
 
 from cafe_core import prompts
-from data.vocab import COLORS, SHAPES
+from data.vocab import COLOR_OF_SHAPE_QUESTION, COLORS, DESCRIBE_QUESTION, EXISTS_QUESTION, SHAPE_OF_COLOR_QUESTION, SHAPES
 
 # A size word and the one a photo of the other size would be described with.
 SIZE_OPPOSITES = {"small": "large", "large": "small", "big": "small", "tiny": "large", "little": "large"}
 _SIZE = re.compile(r"\b(" + "|".join(SIZE_OPPOSITES) + r")\s+", re.IGNORECASE)
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
-# The sample world's POPE probe ("Is there a {color} {shape} in the photo?", data.vocab.EXISTS_QUESTION),
+# The sample world's POPE probe (data.vocab.EXISTS_QUESTION: "Is there a {color} {shape} in the photo?"),
 # which the shipped model was trained to answer; it always writes "a" ("a orange circle"), and that model
 # answers "an orange circle" far less reliably (P(yes) 0.03-0.18 on photos that show one), while a
 # general model reads the slip as meant.
-PROBE = "Is there a {thing} in the photo?"
+PROBE = EXISTS_QUESTION.replace("{color} {shape}", "{thing}")
 
 
 def without_size(part: str) -> str:
@@ -84,6 +84,13 @@ class PhotoEvidence:
         return bool(self.passed) and all(self.passed)
 
 
+def part_passes(p_yes: float, size_margin: float | None, p_attribute: float | None, min_yes: float,
+                min_size_margin: float, min_attribute: float) -> bool:
+    """The rule for one named thing: its probe, and where they apply its size margin and attribute check."""
+    return (p_yes >= min_yes and (size_margin is None or size_margin >= min_size_margin)
+            and (p_attribute is None or p_attribute >= min_attribute))
+
+
 class EvidenceChecker:
     """Judges photos against the parts a question names (see module doc)."""
 
@@ -105,15 +112,15 @@ class EvidenceChecker:
             flipped = other_size(part)
             if flipped is None:
                 continue
-            named = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, prompts.describe_parts([part]), images)
-            other = self.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, prompts.describe_parts([flipped]), images)
+            named = self.model.reply_logprob(DESCRIBE_QUESTION, prompts.describe_parts([part]), images)
+            other = self.model.reply_logprob(DESCRIBE_QUESTION, prompts.describe_parts([flipped]), images)
             margins[:, j] = np.asarray(named) - np.asarray(other)
         out = []
         for i in range(len(images)):
             size = [None if np.isnan(m) else float(m) for m in margins[i]]
             attr = [None if np.isnan(a) else float(a) for a in attribute[i]]
-            passed = [bool(p >= self.min_yes) and (m is None or m >= self.min_size_margin)
-                      and (a is None or a >= self.min_attribute) for p, m, a in zip(p_yes[i], size, attr)]
+            passed = [part_passes(float(p), m, a, self.min_yes, self.min_size_margin, self.min_attribute)
+                      for p, m, a in zip(p_yes[i], size, attr)]
             out.append(PhotoEvidence([float(p) for p in p_yes[i]], size, passed, attr))
         return out
 
@@ -126,9 +133,10 @@ class EvidenceChecker:
             if named is None:
                 continue
             color, shape = named
-            qs = [f"What color is the {shape}?", f"What shape is the {color} object?"]
-            p_color = self.model.choice_probabilities([qs[0]] * len(images), images, COLORS)[:, COLORS.index(color)]
-            p_shape = self.model.choice_probabilities([qs[1]] * len(images), images, SHAPES)[:, SHAPES.index(shape)]
+            q_color = COLOR_OF_SHAPE_QUESTION.format(shape=shape)
+            q_shape = SHAPE_OF_COLOR_QUESTION.format(color=color)
+            p_color = self.model.choice_probabilities([q_color] * len(images), images, COLORS)[:, COLORS.index(color)]
+            p_shape = self.model.choice_probabilities([q_shape] * len(images), images, SHAPES)[:, SHAPES.index(shape)]
             out[:, j] = np.maximum(p_color, p_shape)
         return out
 

@@ -103,7 +103,7 @@ class Guard:
             event, refusal = self._upload_refusal(client, _content_length(scope))
             if refusal:
                 return await _respond(send, 429, refusal)
-            return await self.app(scope, _counting(receive, event), send)
+            return await self._upload(scope, receive, send, client, event)
         elif _LOGIN_ROUTE.match(path) and scope.get("method") == "POST":
             return await self._login(scope, receive, send, client)
         return await self.app(scope, receive, send)
@@ -165,6 +165,41 @@ class Guard:
         if window.total + size > cfg.max_upload_total_bytes:
             return None, f"Upload quota used up: at most {_size(cfg.max_upload_total_bytes)} per {per}."
         return window.add(now, size, cfg.upload_window_s), ""
+
+    async def _upload(self, scope, receive, send, client: str, event: list):
+        """Pass an admitted upload on, counting its body bytes as they arrive (event[1]), so a body without
+        Content-Length (chunked) counts too. One that goes past the client's byte quota is cut off there:
+        the app sees the client leave, its response is dropped, and the client gets 429 (the attempt counts
+        as an upload, its bytes do not: nothing was kept)."""
+        cfg, window = self.config, self._uploads[client]
+        room = cfg.max_upload_total_bytes - (window.total - event[1])  # what the quota left for this body
+        declared, seen, over = event[1], 0, False
+
+        async def counted():
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                event[1] = max(declared, seen)
+                if seen > room:
+                    over, event[1] = True, 0
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def answered(message):
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, answered)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await _respond(send, 429, f"Upload quota used up: at most {_size(cfg.max_upload_total_bytes)} per "
+                                      f"{_duration(cfg.upload_window_s)}.")
 
     def _prune_temp(self) -> None:
         """In a worker thread, at most every PRUNE_INTERVAL_S: delete temp files past their age, then the
@@ -232,22 +267,6 @@ def prune_folder(folder: str, max_age_s: float, max_bytes: int) -> int:
             pass
         total -= size
     return removed
-
-
-def _counting(receive, event: list):
-    """``receive`` that adds the body bytes it passes on to the upload's event (event[1]), so a body
-    without Content-Length (chunked) counts against the quota too."""
-    declared, seen = event[1], 0
-
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        if message.get("type") == "http.request":
-            seen += len(message.get("body", b""))
-            event[1] = max(declared, seen)
-        return message
-
-    return wrapped
 
 
 def _cookies(scope) -> dict[str, str]:

@@ -3,8 +3,10 @@
 `parse_message(text, has_previous)` sorts a message into one of four kinds:
 - "photo": a question that names its photo by what it shows ("... in the photo with the red circle?");
 - "search": a request for photos ("Show me photos of a red circle", "Are there pictures with a dog?");
-- "followup": a question about the photo(s) of the previous turn ("When was it taken?", "What about the
-  one on the right?", or any question that names no photo of its own while a conversation has one);
+- "followup": a question about the photo of the previous turn, when there is one: it points back at it
+  ("When was it taken?", "What about the one on the right?", "Is that photo from 2019?"), or asks what a
+  photo can answer (its colors, objects, positions, date: "What color is the background?") without naming
+  anything else (a name or a number: "How many people live in Paris?", "When did World War 2 end?");
 - "other": anything else, with no photo to answer from (general knowledge, chit-chat).
 `followup_question(text, parts)` rewrites a follow-up in a form the model was trained on, naming the
 previous photo ("When was it taken?" -> "In what year was the photo with the red circle taken?").
@@ -49,7 +51,6 @@ _INDEFINITE = re.compile(r"^(?:a|an)\s+", re.IGNORECASE)
 _KEEP = re.compile(r"^(?:my|our|his|her|their|your|some|two|three|four|five|\d+)\b", re.IGNORECASE)
 MAX_PARTS = 6
 
-KINDS = ("photo", "search", "followup", "other")
 # "Show me photos of X", "find pictures with X", "are there any images showing X", "do I have photos of X"
 _SEARCH = re.compile(
     r"^\s*(?:please\s+|can you\s+|could you\s+)*(?:show(?: me)?|find(?: me)?|search(?: for)?|look for|list|get me|"
@@ -109,7 +110,7 @@ def parse_message(text: str, has_previous: bool = False) -> Parsed:
     parts = referring_parts(text)
     if parts:
         return Parsed("photo", tuple(parts))
-    if has_previous and (_REFERENCE.search(text or "") or _asks_about_a_photo(text)):
+    if has_previous and is_followup(text):
         return Parsed("followup")
     return Parsed("other")
 
@@ -120,42 +121,59 @@ _ABOUT_A_PHOTO = re.compile(
     r"date|size|big|small|large|describe|show|shows|is there|are there)\b",
     re.IGNORECASE,
 )
+# A name or a number after the first word ("Paris", "World War 2"): the question is about something else.
+_NAMES_OTHER = re.compile(r"(?<=\s)[A-Z][a-z]|\d")
+# Words a follow-up uses that its rewrite (followup_question) replaces: never "unknown" to a model.
+FOLLOWUP_WORDS = frozenset("about same taken year date old else other then also".split())
 
 
-def _asks_about_a_photo(text: str) -> bool:
-    return bool(_ABOUT_A_PHOTO.search(text or ""))
+def is_followup(text: str) -> bool:
+    """Does the message ask about the photo of the previous turn? (see module doc)"""
+    text = text or ""
+    return bool(_REFERENCE.search(text) or (_ABOUT_A_PHOTO.search(text) and not _NAMES_OTHER.search(text)))
 
 
 def the_parts(parts: Sequence[str]) -> str:
     """"the red circle and the small blue star": parts as a question names them."""
-    named = [_INDEFINITE.sub("the ", p) for p in parts]
-    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    from data.world import join_phrases
+
+    return join_phrases([_INDEFINITE.sub("the ", p) for p in parts])
 
 
+# (pattern, album question form (data.world.ALBUM_FORMS), position): a follow-up that matches a pattern is
+# asked as that album question about the previous photo.
+_WHEN = re.compile(r"\b(?:when|what year|which year|what date|how old)\b", re.IGNORECASE)
 _FOLLOWUP_FORMS = (
-    (re.compile(r"\b(?:when|what year|which year|what date|how old)\b", re.IGNORECASE), "In what year was {the} taken?"),
-    (re.compile(r"\bbackground\b", re.IGNORECASE), "What color is the background in {the}?"),
-    (re.compile(r"\bhow many\b", re.IGNORECASE), "How many objects are in {the}?"),
-    (re.compile(r"\b(?:on the )?left\b", re.IGNORECASE), "What is on the left in {the}?"),
-    (re.compile(r"\b(?:on the )?right\b", re.IGNORECASE), "What is on the right in {the}?"),
-    (re.compile(r"\b(?:in the )?(?:middle|centre|center)\b", re.IGNORECASE), "What is in the middle in {the}?"),
+    (_WHEN, "year", None),
+    (re.compile(r"\bbackground\b", re.IGNORECASE), "background", None),
+    (re.compile(r"\bhow many\b", re.IGNORECASE), "count_objects", None),
+    (re.compile(r"\b(?:on the )?left\b", re.IGNORECASE), "position", "left"),
+    (re.compile(r"\b(?:on the )?right\b", re.IGNORECASE), "position", "right"),
+    (re.compile(r"\b(?:in the )?(?:middle|centre|center)\b", re.IGNORECASE), "position", "middle"),
 )
+# "What shape is on the left?" asks for an attribute, not "what is there": not a position question.
+_ATTRIBUTE = re.compile(r"\b(?:shape|colou?r|size)\b", re.IGNORECASE)
 
 
 def followup_question(text: str, parts: Sequence[str]) -> str | None:
     """A follow-up rewritten in a form the grounded answers were trained on, naming the previous photo by
     ``parts`` (its referring parts): "When was it taken?" -> "In what year was the photo with the red
-    circle taken?". None when no form fits or the previous photo was named by nothing (then the question
-    is asked about that photo as it is)."""
-    if not parts:
-        return None
-    the = f"the photo with {the_parts(parts)}"
-    for pattern, form in _FOLLOWUP_FORMS:
-        if pattern.search(text):
-            if "{the}?" in form and form.startswith("What is") and _ATTRIBUTE.search(text):
-                return None  # "What shape is on the left?": not "what is there"; asked as it is
-            return form.format(the=the)
+    circle taken?". Without parts only a question about the date is rewritten ("In what year was the
+    photo taken?"). None when no form fits (then the question is asked about that photo as it is)."""
+    from data.world import album_question
+
+    the = f"the photo with {the_parts(parts)}" if parts else "the photo"
+    for pattern, form, position in _FOLLOWUP_FORMS:
+        if not pattern.search(text):
+            continue
+        if not parts and form != "year":
+            return None
+        if position and _ATTRIBUTE.search(text):
+            return None
+        return album_question(form, the, position or "left")
     return None
 
 
-_ATTRIBUTE = re.compile(r"\b(?:shape|colou?r|size)\b", re.IGNORECASE)
+def asks_when(text: str) -> bool:
+    """Does the question ask when its photo was taken? (the answer is in the index, not in the pixels)"""
+    return bool(_WHEN.search(text or ""))

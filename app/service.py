@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from app.answer import Answer, Answerer, Turn
-from app.calibration import calibrated, load_calibration
+from app.calibration import model_settings
 from app.config import AnswerConfig, ConfigError, IndexConfig, ModelConfig, SearchConfig
 from app.photos import SkipPhoto, load_photo, photo_path, walk_photos
 from app.search import Filters, Hit, QueryError, hit_from_record, search, split_at
 from app.store import photo_id
-from cafe_core.vocab import TrainingVocab
 
 THUMBNAIL_SIDE = 384  # gallery thumbnails: small to send, big enough to see the photo
 CHAT_THUMBNAIL_SIDE = 160  # photos inside chat messages: a glance, the gallery has the big one
@@ -91,12 +90,11 @@ class PhotoService:
         model = load_model(model, device=mc.device, dtype=mc.dtype, batch_size=self.index_config.batch_size,
                            image_crops=mc.image_crops)
         # create=True: a model without an index yet gets an empty one (the Library tab offers indexing).
-        self.index = PhotoIndex.open(db=self.db, model=model, create=True, config=self.index_config)
-        self.model = model
-        calibration = load_calibration(model)
-        self.answer_config = calibrated(self._answer_defaults, "answer", calibration)
-        self.search_config = calibrated(self._search_defaults, "search", calibration)
-        self.vocab = TrainingVocab.load(model.name) if os.path.isdir(model.name) else None
+        index = PhotoIndex.open(db=self.db, model=model, create=True, config=self.index_config)
+        settings = model_settings(model, self._answer_defaults, self._search_defaults)
+        # All at once, after everything loaded: a model that fails leaves the previous one in place, whole.
+        self.model, self.index = model, index
+        self.answer_config, self.search_config, self.vocab = settings.answer, settings.search, settings.vocab
 
     @property
     def model_name(self) -> str:
@@ -179,14 +177,14 @@ class PhotoService:
         return search(self.index, text=text or None, image=image, k=k or self.search_config.k, min_score=min_score,
                       filters=filters, text_weight=self.search_config.composed_text_weight)
 
-    def cutoff(self, text: str | None, image) -> float | None:
+    def cutoff(self, image) -> float | None:
         """The relevance cutoff of a query: the image one for photo (or photo + text) queries."""
         return self.search_config.min_image_score if image is not None else self.search_config.min_text_score
 
     def search_page(self, text: str | None = None, image=None, k: int | None = None,
                     filters: Filters | None = None) -> tuple[list[Hit], list[Hit]]:
         """The top k for a query split at its relevance cutoff: (shown, below the cutoff)."""
-        return split_at(self.search(text, image, k, None, filters), self.cutoff(text, image))
+        return split_at(self.search(text, image, k, None, filters), self.cutoff(image))
 
     # ------------------------------------------------------------------------ what the model knows
 
@@ -244,9 +242,10 @@ class PhotoService:
         found = self.index.store.get([record_id]) if record_id else {}
         return found[record_id]["path"] if record_id in found else None
 
-    def timeline(self, offset: int = 0, limit: int = 60) -> tuple[list[Hit], int]:
-        """A page of the library, newest first, and the number of photos in it."""
-        records = [(i, m) for ids, metas, _ in self.index.store.iter_records() for i, m in zip(ids, metas)]
+    def timeline(self, offset: int = 0, limit: int = 60, filters: Filters | None = None) -> tuple[list[Hit], int]:
+        """A page of the library (the photos ``filters`` lets through), newest first, and how many there are."""
+        records = [(i, m) for ids, metas, _ in self.index.store.iter_records() for i, m in zip(ids, metas)
+                   if filters is None or filters.matches(m)]
         records.sort(key=lambda r: (-float(r[1].get("taken", 0.0)), r[1].get("path", "")))
         return [hit_from_record(i, 1.0, m) for i, m in records[offset: offset + limit]], len(records)
 

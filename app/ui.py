@@ -11,6 +11,8 @@ The CLI (app.__main__) turns telemetry off before this module is imported.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
 import signal
 import tempfile
@@ -22,12 +24,13 @@ from types import SimpleNamespace
 import gradio as gr
 
 from app.answer import Turn
-from app.config import ConfigError, UIConfig
+from app.config import ConfigError, UIConfig, user_errors
 from app.guard import Guard, photo_url
 from app.model import not_loadable_message
 from app.search import Filters, Hit, QueryError
-from app.service import CHAT_THUMBNAIL_SIDE, PhotoService
-from app.store import StoreError
+from app.service import CHAT_THUMBNAIL_SIDE, THUMBNAIL_SIDE, PhotoService
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -36,8 +39,9 @@ NO_SHARE = ["download", "fullscreen"]
 # Share buttons Gradio adds to media inside chat messages regardless of settings: hidden.
 CSS = 'button[aria-label="Share"] { display: none !important; }'
 
-# Failures the user can act on: shown in the page instead of a generic error.
-USER_ERRORS = (QueryError, ConfigError, StoreError, FileNotFoundError)
+# Failures the user can act on: shown in the page instead of a generic error (the CLI's list: cafe_core,
+# imported above through app.service, adds its own).
+USER_ERRORS = user_errors()
 
 
 @dataclass
@@ -109,8 +113,14 @@ def _photo_md(record: dict) -> str:
 
 
 LIBRARY_OUTPUTS = 6  # status, counts, skips, known folders, folder filter, statistics
+TIMER_S = 2.0  # how often each open page asks whether an index job runs
+JOB_SETTLE_S = 3 * TIMER_S  # a finished job's outcome is shown by the ticks of this long after it ended
 PHOTOS_OUTPUTS = 7  # gallery, status, state, selected, selected info, details, more button
 CHAT_OUTPUTS = 6  # chatbot, cited gallery, answer details, message box, status, turns
+# The Settings controls that show a model's (calibrated) setting: (config, field), in the order of
+# Handlers.settings_values and of the outputs of "load_model".
+SETTINGS_SLIDERS = (("search", "k"), ("answer", "min_score"), ("answer", "max_context"),
+                    ("answer", "context_margin"), ("answer", "rerank_top"), ("answer", "decompose"))
 
 
 class _Handlers:
@@ -121,8 +131,25 @@ class _Handlers:
         self.s = service
         self.limits = limits
 
-    def _gallery(self, records: list[dict]) -> list[tuple[str, str]]:
-        return [(self.s.thumbnail(r["photo"]), f"{_day(r)} · {Path(r['photo']).name}") for r in records]
+    def _thumbs(self, items, side: int = THUMBNAIL_SIDE) -> list[tuple[str, str]]:
+        """[(thumbnail, caption)] of (photo path, caption) items; a photo that can no longer be read (moved,
+        deleted or damaged since it was indexed) is left out and logged, never an error for the page."""
+        out = []
+        for path, caption in items:
+            try:
+                out.append((self.s.thumbnail(path, side), caption))
+            except (QueryError, OSError) as e:
+                log.warning("no thumbnail for %s: %s", path, e)
+        return out
+
+    def _gallery(self, state: dict) -> list[tuple[str, str]]:
+        """The gallery of ``state["shown"]``, which keeps only the photos shown (clicks index into it)."""
+        thumbs = {}
+        for r in state["shown"]:
+            for thumb in self._thumbs([(r["photo"], f"{_day(r)} · {Path(r['photo']).name}")]):
+                thumbs[r["photo"]] = thumb
+        state["shown"] = [r for r in state["shown"] if r["photo"] in thumbs]
+        return [thumbs[r["photo"]] for r in state["shown"]]
 
     # Library ----------------------------------------------------------------------------------
     def library_state(self):
@@ -134,6 +161,14 @@ class _Handlers:
         folders = self.s.folders()
         return (status, _counts_md(stats), self.s.skip_list(), gr.update(choices=stats["roots"]),
                 gr.update(choices=folders), stats)
+
+    def library_tick(self):
+        """The timer: library_state while a job runs and just after it ends (every tab sees the run and its
+        outcome); otherwise nothing is read (a page load or reload reads the store)."""
+        job = self.s.job
+        if job is not None and (job.state == "running" or time.time() - job.finished < JOB_SETTLE_S):
+            return self.library_state()
+        return (gr.update(),) * LIBRARY_OUTPUTS
 
     def _follow_job(self, job, progress):
         while job.state == "running":
@@ -172,7 +207,7 @@ class _Handlers:
         try:
             filters = _filters(after, before, folder)
             if not text and not image:
-                return self._timeline(0)
+                return self._timeline(0, filters)
             shown, below = self.s.search_page(text=text or None, image=image or None, k=int(k), filters=filters)
         except USER_ERRORS as e:
             return _problem(PHOTOS_OUTPUTS, 1, str(e), {2: state or {}})
@@ -184,27 +219,32 @@ class _Handlers:
         status += self._notes(text)
         state = {"mode": "search", "shown": [_record(h) for h in shown], "below": [_record(h) for h in below]}
         more = gr.update(visible=bool(below), value=f"Show {len(below)} more below the cutoff")
-        return self._gallery(state["shown"]), status, state, "", "", state["shown"], more
+        return self._gallery(state), status, state, "", "", state["shown"], more
 
-    def _timeline(self, offset: int):
+    def _timeline(self, offset: int, filters: Filters | None = None):
         page = self.limits.page_size
-        hits, total = self.s.timeline(0, offset + page)
+        hits, total = self.s.timeline(0, offset + page, filters)
+        filtered = filters is not None and filters.where() is not None
         if not total:
-            status = "**Your library is empty.** Open the *Library* tab and index a photo folder."
+            status = ("No photo matches the filters." if filtered else
+                      "**Your library is empty.** Open the *Library* tab and index a photo folder.")
         else:
-            status = f"{total} photos, newest first"
-        state = {"mode": "timeline", "shown": [_record(h) for h in hits], "below": [], "total": total}
+            status = f"{total} photos{' matching the filters' if filtered else ''}, newest first"
+        state = {"mode": "timeline", "shown": [_record(h) for h in hits], "below": [], "total": total,
+                 "filters": dataclasses.asdict(filters) if filters else None}
         more = gr.update(visible=len(hits) < total, value=f"Load more ({total - len(hits)} left)")
-        return self._gallery(state["shown"]), status, state, "", "", state["shown"], more
+        return self._gallery(state), status, state, "", "", state["shown"], more
 
     def more(self, state):
         """Next page of the timeline, or the results below the cutoff."""
         state = state or {}
         if state.get("mode") == "timeline":
-            return self._timeline(len(state.get("shown", [])))
+            filters = Filters(**state["filters"]) if state.get("filters") else None
+            return self._timeline(len(state.get("shown", [])), filters)
         state = {"mode": "search", "shown": state.get("shown", []) + state.get("below", []), "below": []}
-        return (self._gallery(state["shown"]), f"{len(state['shown'])} photos, below the cutoff too", state, "", "",
-                state["shown"], gr.update(visible=False))
+        gallery = self._gallery(state)
+        return (gallery, f"{len(state['shown'])} photos, below the cutoff too", state, "", "", state["shown"],
+                gr.update(visible=False))
 
     def select_photo(self, state, evt: gr.SelectData):
         """The photo clicked (or shown in the preview): Find similar and Ask act on this one."""
@@ -252,8 +292,8 @@ class _Handlers:
             yield _problem(CHAT_OUTPUTS, 4, str(e), {5: [t.to_json() for t in turns]})
             return
         history.append({"role": "user", "content": question})
-        if image:
-            history.append({"role": "user", "content": {"path": self.s.thumbnail(image, CHAT_THUMBNAIL_SIDE)}})
+        for thumb, _ in self._thumbs([(image, "")] if image else [], CHAT_THUMBNAIL_SIDE):
+            history.append({"role": "user", "content": {"path": thumb}})
         history.append({"role": "assistant", "content": ""})
         result = None
         try:
@@ -267,8 +307,8 @@ class _Handlers:
         yield self._chat_done(history, result, image, turns)
 
     def _photo_messages(self, sources) -> list[dict]:
-        return [{"role": "assistant", "content": {"path": self.s.thumbnail(s.path, CHAT_THUMBNAIL_SIDE)}}
-                for s in sources]
+        return [{"role": "assistant", "content": {"path": thumb}}
+                for thumb, _ in self._thumbs([(s.path, "") for s in sources], CHAT_THUMBNAIL_SIDE)]
 
     def _chat_done(self, history, result, image, turns):
         turns = [*turns, Turn.of(result)]
@@ -278,21 +318,21 @@ class _Handlers:
         if result.kind == "search":
             history[-1] = {"role": "assistant", "content": result.text}
             history += self._photo_messages(result.sources)
-            gallery = gr.update(value=[(self.s.thumbnail(s.path), Path(s.path).name) for s in result.sources],
+            gallery = gr.update(value=self._thumbs([(s.path, Path(s.path).name) for s in result.sources]),
                                 label=f"Photos found ({len(result.sources)})")
             done = result.text
         elif result.refused:
             text = result.text + ("\n\n**Closest matches** (not answers: none of them shows it):" if result.closest else "")
             history[-1] = {"role": "assistant", "content": text}
             history += self._photo_messages(result.closest)
-            gallery = gr.update(value=[(self.s.thumbnail(s.path), f"closest · {Path(s.path).name}")
-                                       for s in result.closest], label="Closest matches — not answers")
+            gallery = gr.update(value=self._thumbs([(s.path, f"closest · {Path(s.path).name}") for s in result.closest]),
+                                label="Closest matches — not answers")
             done = "Refused: " + ("not found: " + ", ".join(result.missing) if result.missing else "no photo to answer from")
         else:
             cited = [s for s in result.sources if s.cited and s.n is not None]
             history[-1] = {"role": "assistant", "content": result.summary or "(the model gave no answer)"}
             history += self._photo_messages(cited)
-            gallery = gr.update(value=[(self.s.thumbnail(s.path), f"[{s.n}] {Path(s.path).name}") for s in cited],
+            gallery = gr.update(value=self._thumbs([(s.path, f"[{s.n}] {Path(s.path).name}") for s in cited]),
                                 label="Cited photos")
             done = "Answered about one photo." if image else f"Answered from {len(result.sources)} photo(s), cited {len(cited)}."
         return history, gallery, details, "", done, [t.to_json() for t in turns]
@@ -302,15 +342,22 @@ class _Handlers:
 
     # Settings ---------------------------------------------------------------------------------
     def load_model(self, model):
+        """Load another model; the answer and search settings show (and use) its calibrated values."""
+        n = 3 + len(SETTINGS_SLIDERS)
         try:
             self.s.switch_model(model)
         except USER_ERRORS as e:
-            return _problem(3, 1, str(e))
+            return _problem(n, 1, str(e))
         except Exception:  # any path that is not a loadable model: one message, whatever the cause
-            return _problem(3, 1, not_loadable_message(str(model).strip()))
+            return _problem(n, 1, not_loadable_message(str(model).strip()))
         stats = self.s.stats()
         note = "" if stats["photos"] else " This model has no index yet: re-index in the Library tab."
-        return stats, f"Loaded `{stats['model']}`.{note}", self.s.model_scope()
+        return (stats, f"Loaded `{stats['model']}`.{note}", self.s.model_scope(), *self.settings_values())
+
+    def settings_values(self) -> tuple:
+        """The loaded model's settings, in SETTINGS_SLIDERS order."""
+        configs = {"search": self.s.search_config, "answer": self.s.answer_config}
+        return tuple(getattr(configs[section], name) for section, name in SETTINGS_SLIDERS)
 
     def stats(self):
         return self.s.stats()
@@ -442,7 +489,7 @@ def build_ui(service: PhotoService, limits: UIConfig | None = None) -> gr.Blocks
             library = _library_tab()
             chat = _chat_tab(service)
             settings = _settings_tab(service, limits)
-        timer = gr.Timer(2.0)
+        timer = gr.Timer(TIMER_S)
         _wire(demo, h, tabs, photos, library, chat, settings, timer)
     return demo
 
@@ -452,7 +499,7 @@ def _wire(demo, h: _Handlers, tabs, photos, library, chat, settings, timer) -> N
     # Live state: every list and count comes from the store on page load and after each index run.
     library_out = [library.status, library.counts, library.skips, library.known, photos.folder, settings.stats_json]
     demo.load(h.library_state, None, library_out, api_name="library_status")
-    timer.tick(h.library_state, None, library_out, show_progress="hidden", api_visibility="private")
+    timer.tick(h.library_tick, None, library_out, show_progress="hidden", api_visibility="private")
     library.index_btn.click(h.index_folder, [library.folder], library_out, api_name="index_folder",
                             concurrency_limit=1, concurrency_id="index", show_progress="minimal")
     library.folder.submit(h.index_folder, [library.folder], library_out, api_visibility="private",
@@ -487,9 +534,11 @@ def _wire(demo, h: _Handlers, tabs, photos, library, chat, settings, timer) -> N
     chat.new_btn.click(h.new_chat, None, [chat.chatbot, chat.turns, chat.cited, chat.answer_json, chat.message,
                                           chat.status], api_name="new_chat")
 
-    settings.load_btn.click(h.load_model, [settings.model_box], [settings.stats_json, settings.model_status,
-                                                                 settings.scope], api_name="load_model",
-                            concurrency_id="index")
+    sliders = [settings.k, settings.answer_threshold, settings.max_context, settings.margin, settings.rerank_top,
+               settings.decompose]  # SETTINGS_SLIDERS
+    settings.load_btn.click(h.load_model, [settings.model_box],
+                            [settings.stats_json, settings.model_status, settings.scope, *sliders],
+                            api_name="load_model", concurrency_id="index")
     settings.stats_btn.click(h.stats, None, [settings.stats_json], api_name="stats")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import sys
 import tempfile
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.config import apply_quiet_env  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 
 TOP = 40  # photos looked at per search query
 MIN_YES_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -116,36 +118,35 @@ def _id(path: str) -> str:
 
 
 def collect_evidence(answerer, questions, parts_of, top: int) -> list[dict]:
-    """Per question: the re-ranking inputs and the evidence of the best ``top`` retrieved photos."""
+    """Per question: the re-ranking inputs and the evidence of the best ``top`` retrieved photos (the ones
+    the answerer would weigh; a photo that cannot be read is left out, as the answerer does)."""
     out = []
     for q in questions:
         parts = parts_of(q)
         hits = answerer.retrieve(q.question, parts=parts)
         head = hits[:top]
-        images = answerer._readable(dict(enumerate(head)))
-        from cafe_core import prompts
-
-        logp = answerer.model.reply_logprob(prompts.DESCRIBE_INSTRUCTION, prompts.describe_parts(parts),
-                                            list(images.values())) if images else []
-        evidence = answerer.evidence.check(parts, list(images.values())) if images else []
+        logp = answerer.description_logprob(q.question, head, parts)
+        evidence = answerer.check(parts, head)
         out.append({"right": q.photo_ids[0] if q.photo_ids else None, "top_score": hits[0].score if hits else None,
                     "candidates": [{"id": Path(h.path).stem, "score": h.score, "logp": lp, "p_yes": e.p_yes,
                                     "size": e.size_margin, "attribute": e.p_attribute}
-                                   for h, lp, e in zip(head, logp, evidence)]})
+                                   for h, lp, e in zip(head, logp, evidence) if lp is not None and e is not None]})
     return out
 
 
 def decide(record: dict, min_score: float, weight: float, min_yes: float, min_size: float, min_attr: float,
            top: int):
-    """The photo shown first under these settings (the answerer's rule), or None for a refusal."""
+    """The photo shown first under these settings (the answerer's rule: app.answer.Answerer._ranked, then
+    app.evidence.part_passes for every named thing, best candidate first), or None for a refusal."""
+    from app.evidence import part_passes
+
     cands = [c for c in record["candidates"] if c["score"] >= min_score]
     if not cands:
         return None
     best = max(c["logp"] for c in cands)
     ranked = sorted(cands, key=lambda c: -(c["score"] + weight * (c["logp"] - best)))[:top]
     for c in ranked:
-        if all(p >= min_yes and (m is None or m >= min_size) and (a is None or a >= min_attr)
-               for p, m, a in zip(c["p_yes"], c["size"], c["attribute"])):
+        if all(part_passes(p, m, a, min_yes, min_size, min_attr) for p, m, a in zip(c["p_yes"], c["size"], c["attribute"])):
             return c["id"]
     return None
 
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model folder (default: the shipped demo model)")
     p.add_argument("--n", type=int, default=300, help="photos in the calibration album (default %(default)s)")
     p.add_argument("--seed", type=int, default=300, help="calibration album seed (default %(default)s)")
+    p.add_argument("--style", default="plain", choices=("plain", "varied", "mixed"), help="how the photos are drawn")
     p.add_argument("--unanswerable", type=int, default=120, help="unanswerable questions (default %(default)s)")
     p.add_argument("--min-refusal", type=float, default=0.9, help="unanswerable questions to refuse, at least")
     p.add_argument("--max-false-refusal", type=float, default=0.08, help="answerable questions refused, at most")
@@ -200,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="calibrate-"))
-    photos = ensure_album(work / "album", n=args.n, seed=args.seed, split="test")
+    photos = ensure_album(work / "album", n=args.n, seed=args.seed, split="test", style=args.style)
     album = read_album(work / "album")
     specs = [a.spec for a in album.photos]
     paths_by_id = {a.spec.id: str((album.root / a.image).resolve()) for a in album.photos}
     model = load_model(resolve_model(args.model))
+    if args.write and not Path(model.name).is_dir():
+        p.error(f"--write needs a model folder to write {CALIBRATION_FILE} into; {model.name} is not one")
     index = PhotoIndex.open(db=work / "db", model=model, create=True)
     index.update([photos])
 
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "fingerprint": model.fingerprint,
         "model": model.name,
-        "calibrated_on": {"album": f"test split, seed {args.seed}, {len(specs)} photos",
+        "calibrated_on": {"album": f"test split, seed {args.seed}, {args.style}, {len(specs)} photos",
                           "answerable": len(answerable), "unanswerable": len(unanswerable),
                           "command": "benchmarks/calibrate.py " + " ".join(argv if argv is not None else sys.argv[1:])},
         "search": search["settings"],
@@ -229,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         "measured": {"search": search["measured"], "answer": answer["measured"]},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
+    emit(out)
     if args.write:
         target = Path(model.name) / CALIBRATION_FILE
-        target.write_text(text + "\n")
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        os.replace(tmp, target)  # atomic: an interrupted run leaves the previous calibration whole
         print(f"wrote {target}", file=sys.stderr)
     return 0
 

@@ -85,12 +85,11 @@ def build(args):
     import dataclasses
 
     from app.answer import Answerer
-    from app.calibration import calibrated, load_calibration
-    from app.config import AnswerConfig, resolve_model
+    from app.calibration import model_settings
+    from app.config import resolve_model
     from app.demo import ensure_album
     from app.index import PhotoIndex
     from app.model import load_model
-    from cafe_core.vocab import TrainingVocab
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-grounded-"))
     photos = ensure_album(work / "album", n=args.n, seed=args.seed, split=args.split, style=args.style)
@@ -99,14 +98,15 @@ def build(args):
     t0 = time.perf_counter()
     report = index.update([photos])
     index_s = time.perf_counter() - t0
-    config = AnswerConfig() if args.defaults else calibrated(AnswerConfig(), "answer", load_calibration(model))
+    settings = model_settings(model, calibrate=not args.defaults)
     overrides = {n: getattr(args, n) for n in ("k", "min_score", "max_context", "context_margin", "rerank_top",
                                                "rerank_weight", "min_yes", "min_attribute", "min_size_margin",
                                                "evidence_top")
                  if getattr(args, n) is not None}
-    config = dataclasses.replace(config, check_evidence=not args.no_check, decompose=not args.no_decompose, **overrides)
-    vocab = TrainingVocab.load(model.name) if Path(model.name).is_dir() else None
-    return work / "album", photos, model, index, Answerer(model, index, config, vocab=vocab), config, report, index_s
+    config = dataclasses.replace(settings.answer, check_evidence=not args.no_check, decompose=not args.no_decompose,
+                                 **overrides)
+    return (work / "album", photos, model, index, Answerer(model, index, config, vocab=settings.vocab), config,
+            report, index_s)
 
 
 def answerable(answerer, index, photos, questions, n_examples):
@@ -165,12 +165,14 @@ def answerable(answerer, index, photos, questions, n_examples):
 
 def refusals(answerer, questions):
     """refusal_rate and missing_named_rate over questions that must be refused."""
+    from data.queries import a
+
     refused = named = 0
     wrong = []
     for q in questions:
         result = answerer.answer(q.question)
         refused += result.refused
-        wanted = {f"a {z + ' ' if z else ''}{c} {s}" for c, s, z in q.refers_to}
+        wanted = {a(f"{z + ' ' if z else ''}{c} {s}") for c, s, z in q.refers_to}
         named += result.refused and bool(set(result.missing) & wanted)
         if not result.refused and len(wrong) < 5:
             wrong.append({"question": q.question, "answer": result.text})
@@ -179,16 +181,23 @@ def refusals(answerer, questions):
             "answered_examples": wrong}
 
 
-def offtopic(answerer, questions):
-    answered = [q for q in questions if not answerer.answer(q).refused]
+def offtopic(answerer, questions, after=None):
+    """offtopic_refusal_rate: off-topic questions refused. ``after``: (question, its Answer) asked first, so
+    each off-topic question comes in a conversation that has a photo to follow up on."""
+    from app.answer import Turn
+
+    history = [Turn.of(after[1])] if after else []
+    answered = [q for q in questions if not answerer.answer(q, history=history).refused]
     return {"questions": len(questions), "offtopic_refusal_rate": rate(len(questions) - len(answered), len(questions)),
             "answered": answered}
 
 
-def followups(answerer, conversations):
+def followups(answerer, conversations, specs):
     """followup_accuracy: right for the photo the first answer cited, citing it; end to end: for the photo meant."""
     from app.answer import Turn
+    from data.queries import followup_answer
 
+    by_id = {s.id: s for s in specs}
     ok = end_to_end = 0
     for c in conversations:
         first = answerer.answer(c["first"])
@@ -197,27 +206,11 @@ def followups(answerer, conversations):
         cited_before = [Path(p).stem for p in history[0].photos]
         cited_now = [Path(p).stem for p in second.cited_paths or [s.path for s in second.sources if s.cited]]
         right_photo = cited_before[:1] == cited_now[:1] and bool(cited_now)
-        truth = _answer_for(answerer, cited_before[0], c["followup"]) if cited_before else None
+        truth = followup_answer(by_id[cited_before[0]], c["followup"]) if cited_before and cited_before[0] in by_id else None
         ok += right_photo and truth is not None and normalise(second.text) == normalise(truth)
         end_to_end += cited_now[:1] == [c["photo_id"]] and normalise(second.text) == normalise(c["answer"])
     n = len(conversations)
     return {"conversations": n, "followup_accuracy": rate(ok, n), "followup_end_to_end_accuracy": rate(end_to_end, n)}
-
-
-_SPECS: dict = {}
-
-
-def _answer_for(answerer, photo_id: str, followup: str) -> str | None:
-    """The follow-up's true answer for a photo of the album (by its ground truth)."""
-    from data.queries import FOLLOWUPS
-    from data.vocab import NUMBER_WORDS
-
-    spec = _SPECS.get(photo_id)
-    if spec is None:
-        return None
-    kind = dict(FOLLOWUPS)[followup]
-    return {"year": str(spec.date.year), "background": spec.background,
-            "count_objects": NUMBER_WORDS[len(spec.objects)]}[kind]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,14 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     album_dir, photos, model, index, answerer, config, report, index_s = build(args)
     album = read_album(album_dir)
     specs = [p.spec for p in album.photos]
-    _SPECS.update({s.id: s for s in specs})
     questions = list(album.questions[: args.max_questions])
     rng = random.Random(f"bench-grounded:{args.seed}")
     main_set, examples = answerable(answerer, index, photos, questions, args.examples)
     missing = refusals(answerer, unanswerable_questions(specs, rng, args.unanswerable))
     off = offtopic(answerer, list(OFF_TOPIC_QUESTIONS))
+    # The same off-topic questions, each asked right after an answered album question (a photo to follow up on).
+    first = next((q.question for q in questions if not answerer.answer(q.question).refused), None)
+    off_after = offtopic(answerer, list(OFF_TOPIC_QUESTIONS), (first, answerer.answer(first))) if first else None
     follow = followups(answerer, followup_questions(specs, rng.sample(questions, min(args.followups, len(questions))),
-                                                    rng))
+                                                    rng), specs)
     out = {
         "model": model.name, "fingerprint": model.fingerprint,
         "album": {"photos": report.total, "seed": args.seed, "split": args.split, "style": args.style,
@@ -249,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         "false_refusal_rate": main_set["false_refusal_rate"],
         "refusal_rate": missing["refusal_rate"],
         "offtopic_refusal_rate": off["offtopic_refusal_rate"],
+        "offtopic_after_answer_refusal_rate": off_after["offtopic_refusal_rate"] if off_after else None,
         "followup_accuracy": follow["followup_accuracy"],
-        "answerable": main_set, "unanswerable": missing, "offtopic": off, "followups": follow,
+        "answerable": main_set, "unanswerable": missing, "offtopic": off, "offtopic_after_answer": off_after,
+        "followups": follow,
         "index_seconds": round(index_s, 1),
         "seconds_per_answer": main_set["seconds_per_answer"],
         "total_seconds": round(time.perf_counter() - started, 1),

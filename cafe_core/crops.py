@@ -34,13 +34,24 @@ def resolve_crops(crops: str | None, device: torch.device) -> str:
     return crops
 
 
+# Families whose processor reads several crops of a photo, and that embed a cheaper base view with "base".
+_ONEVISION = ("llava_onevision",)
+_IDEFICS3 = ("idefics3", "smolvlm")
+
+
+def changes_vectors(model_type: str, crops: str) -> bool:
+    """Does this crop setting give other vectors than "native" for this family? (then it is part of the
+    model's fingerprint; a plain LLaVA reads one crop either way)."""
+    return crops != "native" and model_type in _ONEVISION + _IDEFICS3
+
+
 def base_view_inputs(model, encoder, texts: Sequence[str], images: Sequence[Image.Image], device, dtype):
     """(batch, mm_encoder_outputs or None) to embed ``texts`` (one image placeholder each) over the base
     view of each image; (encoder.encode(...), None) when the family has nothing cheaper."""
     model_type = model.config.model_type
-    if model_type == "llava_onevision":
+    if model_type in _ONEVISION:
         return _onevision_base(model, encoder, texts, images, device, dtype)
-    if model_type in ("idefics3", "smolvlm"):
+    if model_type in _IDEFICS3:
         texts = [encoder.family_text(t) for t in texts]
         batch = encoder.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt",
                                   do_image_splitting=False).to(device)
@@ -66,9 +77,10 @@ def _onevision_base(model, encoder, texts, images, device, dtype):
 
 
 def _onevision_base_block(encoder) -> list[int]:
-    if not hasattr(encoder, "_onevision_base_block"):
+    """The token block the processor writes for a base view (worked out once per encoder)."""
+    if encoder.base_view_block is None:
         probe = Image.new("RGB", (64, 64))
         text = encoder.family_text(f"{prompts.IMAGE_PLACEHOLDER}{prompts.IMAGE_PLACEHOLDER}")
         _, blocks = encoder.encode_with_blocks([text], [probe, probe])  # one prompt, two photos: base views
-        encoder._onevision_base_block = blocks[0][0]
-    return encoder._onevision_base_block
+        encoder.base_view_block = blocks[0][0]
+    return encoder.base_view_block

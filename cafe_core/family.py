@@ -75,10 +75,3 @@ def family_for(config) -> Family:
         f"'{model_type}' models are not supported yet (supported: {', '.join(known)}). Adding one is a "
         "Family entry in cafe_core/family.py: see the README's developer section."
     )
-
-
-def family_named(name: str) -> Family:
-    for family in FAMILIES:
-        if family.name == name:
-            return family
-    raise KeyError(name)

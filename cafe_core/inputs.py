@@ -52,6 +52,7 @@ class PromptEncoder:
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.assistant_header = self.tokenizer(self.chat.generation_header, add_special_tokens=False)["input_ids"]
         self._block_ids: dict[str, list[int]] = {}
+        self.base_view_block: list[int] | None = None  # the image block of a base view (cafe_core.crops)
 
     def family_text(self, text: str) -> str:
         """Replace our neutral ``<image>`` placeholder by the processor's own image token."""

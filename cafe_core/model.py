@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from . import prompts
-from .crops import base_view_inputs, resolve_crops
+from .crops import base_view_inputs, changes_vectors, resolve_crops
 from .errors import InputError
 from .family import family_for
 from .forward import multimodal_base
@@ -123,7 +123,7 @@ class CafeModel:
         equal fingerprints are comparable. The crop setting enters only when it changes the vectors."""
         if self._fingerprint is None:
             key = f"{prompts.PROMPT_VERSION}|{self.dim}|{weights_digest(self.model)}"
-            if self.image_crops != "native" and self.model.config.model_type != "llava":
+            if changes_vectors(self.model.config.model_type, self.image_crops):
                 key += f"|crops={self.image_crops}"
             self._fingerprint = "cafe-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         return self._fingerprint
@@ -244,11 +244,12 @@ class CafeModel:
         # What the chat format writes between the generation prompt and an answer (SmolVLM: a space).
         lead = self.chat.header("assistant", "x")[len(self.chat.generation_header):]
         first = [self.tokenizer(lead + c, add_special_tokens=False)["input_ids"][0] for c in choices]
-        if len(set(first)) != len(first):
-            rows = [(q, lead + c, im) for q, im in zip(questions, images) for c in choices]
-            logp = np.asarray(self._replies_logprob(*map(list, zip(*rows)), batch_size)).reshape(len(questions), -1)
-            logp = logp - logp.max(axis=1, keepdims=True)
-            return np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
+        if len(set(first)) == len(first):
+            return self._first_token_probabilities(questions, images, first, batch_size)
+        return self._whole_reply_probabilities(questions, images, [lead + c for c in choices], batch_size)
+
+    def _first_token_probabilities(self, questions, images, first: list[int], batch_size) -> np.ndarray:
+        """Softmax over the choices' first tokens of the next-token logits after the generation prompt."""
         bs = batch_size or self.batch_size
         base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
         out = []
@@ -260,6 +261,17 @@ class CafeModel:
             logits = lm_head(hidden[torch.arange(len(texts), device=self.device), last]).float()
             out.append(torch.softmax(logits[:, first], dim=-1).cpu().numpy())
         return np.concatenate(out)
+
+    def _whole_reply_probabilities(self, questions, images, replies: list[str], batch_size) -> np.ndarray:
+        """Softmax over the choices of log P(the whole reply, closed by the end-of-turn token), so a choice
+        that is the start of another ("star" / "stars") is not favoured for being shorter."""
+        n = len(replies)
+        logp = self._replies_logprob([q for q in questions for _ in replies],
+                                     [r + self.chat.end for _ in questions for r in replies],
+                                     [im for im in images for _ in replies], batch_size)
+        logp = np.asarray(logp).reshape(len(questions), n)
+        logp = logp - logp.max(axis=1, keepdims=True)
+        return np.exp(logp) / np.exp(logp).sum(axis=1, keepdims=True)
 
     # ------------------------------------------------------------------ generation
     def _generation_inputs(self, question: str, images: Sequence[Image.Image], history: Sequence = ()):

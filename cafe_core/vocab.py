@@ -15,6 +15,7 @@ open-vocabulary: every word is assumed known.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Iterable
 
 from . import prompts
+
+log = logging.getLogger(__name__)
 
 VOCAB_FILE = "training_vocab.json"
 VOCAB_VERSION = 1
@@ -69,7 +72,13 @@ class WordCounts:
         path = Path(folder) / VOCAB_FILE
         if not path.is_file():
             return None
-        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("words", {}), dict):
+                raise ValueError("not a {\"words\": {word: count}} object")
+            return cls.from_json(data)
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{path} is not a training vocabulary file: {e}") from None
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write folder/training_vocab.json (atomically)."""
@@ -89,7 +98,13 @@ class TrainingVocab:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "TrainingVocab | None":
-        counts = WordCounts.load(folder) if folder and Path(folder).is_dir() else None
+        """The words of the model in ``folder``; None (open-vocabulary) without a file, or with a broken one
+        (logged)."""
+        try:
+            counts = WordCounts.load(folder) if folder and Path(folder).is_dir() else None
+        except ValueError as e:
+            log.warning("%s; treating the model as open-vocabulary", e)
+            return None
         if counts is None:
             return None
         return cls(frozenset(counts.counts), dict(counts.counts))

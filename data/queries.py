@@ -310,6 +310,13 @@ FOLLOWUPS: tuple[tuple[str, str], ...] = (
 )
 
 
+def followup_answer(spec: PhotoSpec, followup: str) -> str:
+    """The true answer of a follow-up of FOLLOWUPS about this photo."""
+    kind = dict(FOLLOWUPS)[followup]
+    return {"year": str(spec.date.year), "background": spec.background,
+            "count_objects": NUMBER_WORDS[len(spec.objects)]}[kind]
+
+
 def followup_questions(specs: Sequence[PhotoSpec], questions: Sequence[AlbumQA], rng: random.Random) -> list[dict]:
     """Two-turn conversations: an album question, then a follow-up about the same photo (FOLLOWUPS),
     with the follow-up's answer for that photo: {"first", "photo_id", "followup", "answer", "qtype"}."""
@@ -318,8 +325,6 @@ def followup_questions(specs: Sequence[PhotoSpec], questions: Sequence[AlbumQA],
     for q in questions:
         spec = by_id[q.photo_ids[0]]
         followup, kind = rng.choice(FOLLOWUPS)
-        answer = {"year": str(spec.date.year), "background": spec.background,
-                  "count_objects": NUMBER_WORDS[len(spec.objects)]}[kind]
-        out.append({"first": q.question, "photo_id": spec.id, "followup": followup, "answer": answer,
-                    "qtype": f"followup_{kind}"})
+        out.append({"first": q.question, "photo_id": spec.id, "followup": followup,
+                    "answer": followup_answer(spec, followup), "qtype": f"followup_{kind}"})
     return out

@@ -619,7 +619,12 @@ ALBUM_FORMS = ("background", "count_objects", "year", "position")
 def referring_question_text(reqs: Sequence[Requirement], form: str, position: str = "left") -> str:
     """The question of ``form`` (ALBUM_FORMS) naming its photo by ``reqs``; position: the slot a
     "position" question asks about."""
-    the = f"the photo with {_describe_reqs(reqs)}"
+    return album_question(form, f"the photo with {_describe_reqs(reqs)}", position)
+
+
+def album_question(form: str, the: str, position: str = "left") -> str:
+    """The album question of ``form`` (ALBUM_FORMS) about the photo ``the`` names ("the photo with the red
+    circle"): the wording the grounded answers are trained on, and follow-ups are rewritten into."""
     if form == "background":
         return f"What color is the background in {the}?"
     if form == "count_objects":

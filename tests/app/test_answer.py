@@ -294,6 +294,53 @@ def test_a_followup_is_asked_about_the_previous_photo(indexed, tiny_model, monke
     assert fourth.parts == ["a small blue square"]
 
 
+def test_a_followup_refers_to_the_previous_turn_only(indexed, tiny_model, monkeypatch):
+    """After a refusal there is no photo to follow up on (an older turn's photo is not it); after "show me",
+    the follow-up is about the best photo found; off-topic words after an answer are refused saying so."""
+    from cafe_core.vocab import TrainingVocab, WordCounts
+
+    index, _ = indexed
+    counts = WordCounts()
+    counts.update(["a red circle on the left", "How many objects are in the photo?", "What color is the background?"])
+    answerer = Answerer(tiny_model, index, AnswerConfig(min_score=-1.0, max_context=1, check_evidence=False),
+                        vocab=TrainingVocab(frozenset(counts.counts), dict(counts.counts)))
+    answered = Turn.of(answerer.answer(QUESTION))
+    refused = Turn.of(answerer.answer("How many objects are in the photo with the purple dog?"))
+    assert answered.photos and refused.kind == "refusal" and refused.photos == []
+    after_refusal = answerer.answer("When was it taken?", history=[answered, refused])
+    assert after_refusal.refused and after_refusal.text == OFF_TOPIC
+
+    found = answerer.answer("Show me photos of a red circle")
+    shown = Turn.of(found)
+    assert found.kind == "search" and shown.photos == [s.path for s in found.sources]
+    spy = StreamSpy(tiny_model)
+    monkeypatch.setattr(tiny_model, "stream", spy)
+    followup = answerer.answer("How many objects are in it?", history=[answered, shown])
+    assert [s.path for s in followup.sources] == shown.photos[:1]
+    assert spy.calls[0][0].endswith("How many objects are in the photo with the red circle?")
+
+    spy.calls.clear()
+    off = answerer.answer("What time is it?", history=[answered])  # "it", but 'time' is not a word it knows
+    assert off.refused and "never seen 'time'" in off.text and spy.calls == []
+
+
+def test_the_date_of_a_picked_photo_comes_from_the_index(indexed, tiny_model, monkeypatch):
+    """The pixels do not show when a photo was taken: asked about an indexed photo, the question goes in
+    the grounded format with the photo's date from the index; another question is asked as it is."""
+    index, root = indexed
+    photo = sorted(root.rglob("*.jpg"))[2]
+    spy = StreamSpy(tiny_model)
+    monkeypatch.setattr(tiny_model, "stream", spy)
+    answerer = Answerer(tiny_model, index)
+    result = answerer.answer("When was this taken?", image=photo)
+    date = indexed_hit(index, str(photo)).date[:10]
+    assert spy.calls[0][0] == prompts.grounded_user_content("In what year was the photo taken?", [date])
+    assert [(s.path, s.date) for s in result.sources] == [(str(photo), date)] and result.question == "When was this taken?"
+    spy.calls.clear()
+    answerer.answer("What is on the left?", image=photo)
+    assert spy.calls[0][0] == "What is on the left?"
+
+
 def test_question_about_one_photo_skips_retrieval(indexed, tiny_model, monkeypatch):
     index, root = indexed
     photo = sorted(root.rglob("*.jpg"))[3]
@@ -447,11 +494,10 @@ def shipped_album(tmp_path_factory):
 
 def calibrated_answerer(model, index) -> Answerer:
     """The answerer the app builds for this model: its calibrated settings and its training words."""
-    from app.calibration import calibrated, load_calibration
-    from cafe_core.vocab import TrainingVocab
+    from app.calibration import model_settings
 
-    config = calibrated(AnswerConfig(), "answer", load_calibration(model))
-    return Answerer(model, index, config, vocab=TrainingVocab.load(model.name))
+    settings = model_settings(model)
+    return Answerer(model, index, settings.answer, vocab=settings.vocab)
 
 
 @needs_shipped_model

@@ -353,15 +353,17 @@ def test_photos_need_a_login(auth_server):
 
 
 def test_uploads_have_a_quota_per_client(auth_server):
-    """Count and bytes per window (429 past either); a chunked body without Content-Length counts its bytes."""
+    """Count and bytes per window (429 past either); a chunked body without Content-Length counts its bytes,
+    and one that alone goes past the byte quota is cut off there (429; it counts as an upload, not its bytes)."""
     port = auth_server[0]
     _, cookie = login(port, AUTH[1])
-    assert upload(port, upload_body(120_000), cookie)[0] == 200
-    chunked = upload_body(120_000)
-    assert upload(port, (chunked[i:i + 16_384] for i in range(0, len(chunked), 16_384)), cookie)[0] == 200
-    status, reply = upload(port, upload_body(100_000), cookie)  # 240 kB used: 100 kB more is over 300 kB
+    chunks = lambda body: (body[i:i + 16_384] for i in range(0, len(body), 16_384))  # noqa: E731
+    status, reply = upload(port, chunks(upload_body(400_000)), cookie)  # 400 kB in one chunked body: over 300 kB
     assert status == 429 and b"Upload quota used up" in reply, reply
-    assert upload(port, upload_body(1_000), cookie)[0] == 200  # 3rd upload
+    assert upload(port, upload_body(120_000), cookie)[0] == 200  # 2nd upload; 120 kB used (the cut one kept none)
+    assert upload(port, chunks(upload_body(120_000)), cookie)[0] == 200  # 3rd; 240 kB
+    status, reply = upload(port, upload_body(100_000), cookie)  # 100 kB more is over 300 kB
+    assert status == 429 and b"Upload quota used up" in reply, reply
     assert upload(port, upload_body(1_000), cookie)[0] == 200  # 4th
     status, reply = upload(port, upload_body(1_000), cookie)
     assert status == 429 and b"Too many uploads: at most 4" in reply, reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,12 @@ def chat(client, message, upload=None, picked="", settings=CHAT_SETTINGS):
     history, gallery, answer, cleared, status = client.predict(message, upload, picked, [], *settings,
                                                                api_name="/chat")
     assert cleared == ""
-    return history, gallery, answer, status
+    return history, gallery_items(gallery), answer, status
+
+
+def gallery_items(gallery) -> list:
+    """The photos of the chat's gallery output (an update that also sets its label, or a plain list)."""
+    return gallery["value"] if isinstance(gallery, dict) else gallery
 
 
 def red_circle(spec: dict) -> bool:
@@ -92,18 +98,32 @@ def test_the_photos_view_lists_the_library_newest_first(indexed, client):
     assert all(item["caption"].endswith(Path(r["photo"]).name) for item, r in zip(gallery, results))
 
 
+def served_cutoff(ui_server) -> float | None:
+    """The text-query relevance cutoff the server applies: its model's calibrated one, else the default."""
+    from app.calibration import CALIBRATION_FILE
+    from app.config import SearchConfig
+
+    path = Path(ui_server.model) / CALIBRATION_FILE
+    calibrated = json.loads(path.read_text()).get("search", {}) if path.is_file() else {}
+    return calibrated.get("min_text_score", SearchConfig().min_text_score)
+
+
 def test_search_results_stop_at_the_relevance_cutoff(indexed, client, ui_server):
+    """The results shown are those at or above the cutoff; those below are one click away (Show more)."""
+    cutoff = served_cutoff(ui_server)
     gallery, status, results = search(client, "a red circle", k=20)
     assert len(gallery) == len(results) >= 1
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     for item, r in zip(gallery, results):
         assert Path(r["photo"]).parent == ui_server.photos and item["caption"].endswith(Path(r["photo"]).name)
-    if len(results) < 20:  # the cutoff held some back: they are there on request
-        assert "below the relevance cutoff" in status, status
-        _, more_status, _, _, everything = client.predict(api_name="/more")
-        assert len(everything) == 20 and everything[: len(results)] == results
-        assert min(r["score"] for r in everything[len(results):]) <= min(scores)
+    _, more_status, _, _, everything = client.predict(api_name="/more")
+    assert len(everything) == 20 and everything[: len(results)] == results
+    if cutoff is None:
+        assert len(results) == 20
+        return
+    assert min(scores) >= cutoff - 1e-4 and all(r["score"] < cutoff + 1e-4 for r in everything[len(results):])
+    assert len(results) < 20 and "below the relevance cutoff" in status, status  # 40 photos: few red circles
 
 
 @needs_shipped_model
@@ -156,6 +176,7 @@ def test_chat_answers_or_refuses_with_the_contract(indexed, client, ui_server):
     job = client.submit(q["question"], None, "", [], *CHAT_SETTINGS, api_name="/chat")
     updates = list(job)
     history, gallery, answer, message, status = job.result()
+    gallery = gallery_items(gallery)
     assert message == "" and history[0]["role"] == "user" and q["question"] in history[0]["content"][0]["text"]
     assert set(answer) >= {"answer", "summary", "refused", "missing", "sources", "closest"}
     if answer["refused"]:
@@ -189,13 +210,18 @@ def test_chat_refuses_a_photo_that_is_not_there_then_follows_up(indexed, ui_serv
     assert fresh["refused"]  # a new conversation has no previous photo
 
 
-def test_chat_off_topic_and_show_me(indexed, client):
-    _, _, answer, _ = chat(client, "What is the capital of France?")
-    assert answer["refused"] and answer["sources"] == [] and answer["missing"] == []
-    _, gallery, shown, _ = chat(client, "Show me photos of a red circle")
-    assert shown["kind"] in ("search", "refusal")
-    if shown["kind"] == "search":
-        assert shown["sources"] and len(gallery) == len(shown["sources"])
+def test_chat_off_topic_is_refused(indexed, client):
+    _, gallery, answer, status = chat(client, "What is the capital of France?")
+    assert answer["refused"] and answer["sources"] == answer["closest"] == answer["missing"] == []
+    assert gallery == [] and status == "Refused: no photo to answer from"
+
+
+@needs_shipped_model
+def test_chat_show_me_returns_a_gallery_of_those_photos(indexed, client, ui_server):
+    _, gallery, shown, status = chat(client, "Show me photos of a red circle")
+    assert shown["kind"] == "search" and shown["sources"] and len(gallery) == len(shown["sources"])
+    assert all(red_circle(ui_server.photo_spec(s["photo"])) for s in shown["sources"]), shown["sources"]
+    assert status == shown["answer"] == f"Found {len(gallery)} photo{'s' * (len(gallery) > 1)} with the red circle."
 
 
 def test_ask_about_a_picked_photo(indexed, client, ui_server):
@@ -213,3 +239,30 @@ def test_settings_stats(indexed, client, ui_server):
     assert stats["photos"] == UI_ALBUM_N and stats["skipped"] == 1
     assert stats["roots"] == [str(ui_server.photos)]
     assert stats["model"] == ui_server.model and stats["fingerprint"].startswith("cafe-")
+
+
+def test_loading_a_model_shows_its_calibrated_settings(indexed, client, ui_server, tiny_model_dir, tmp_path):
+    """Settings follow the model: another model's calibrated answer threshold shows in (and is sent from) the
+    Settings tab after Load model, and the first model's come back with it."""
+    import shutil
+
+    from app.calibration import CALIBRATION_FILE
+    from app.config import AnswerConfig
+    from cafe_core import CafeModel
+
+    other = tmp_path / "calibrated-tiny"
+    shutil.copytree(tiny_model_dir, other)
+    fingerprint = CafeModel.load(str(other), device="cpu").fingerprint
+    (other / CALIBRATION_FILE).write_text(json.dumps({"fingerprint": fingerprint, "search": {"k": 7},
+                                                      "answer": {"min_score": 0.123, "max_context": 2}}))
+    before = client.predict(api_name="/stats")["model"]
+    try:
+        stats, status, _, k, threshold, max_context, *_ = client.predict(str(other), api_name="/load_model")
+        assert stats["model"] == str(other) and "no index yet" in status
+        assert (k, threshold, max_context) == (7, 0.123, 2)
+    finally:
+        stats, _, _, k, threshold, *_ = client.predict(before, api_name="/load_model")
+    assert stats["model"] == before and stats["photos"] == UI_ALBUM_N
+    calibration = Path(before) / CALIBRATION_FILE
+    served = json.loads(calibration.read_text())["answer"] if calibration.is_file() else {}
+    assert threshold == served.get("min_score", AnswerConfig().min_score)

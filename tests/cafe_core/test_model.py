@@ -159,6 +159,30 @@ def test_closing_a_stream_early_stops_generation(ov_model):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_choice_probabilities_agree_with_the_reply_scores(cafe_models, mixed_images, arch):
+    """Both ways of reading a choice agree with reply_logprob: choices that start with different tokens
+    are read from the next-token distribution (= the softmax of their one-token replies' scores), others
+    (a choice that starts another) from whole replies closed by the end-of-turn token."""
+    model = cafe_models[arch]
+    images = mixed_images[:2]
+    question = "Is there a red circle in the photo?"
+    lead = model.chat.header("assistant", "x")[len(model.chat.generation_header):]
+    ids = lambda text: model.tokenizer(lead + text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    vocab = [t for t in ("yes", "no", "red", "blue", "circle", "star", "x", "y", "z") if len(ids(t)) == 1]
+    assert len(vocab) >= 2, vocab  # single tokens (single letters are, in any byte-level BPE)
+    fast = model.choice_probabilities([question] * 2, images, vocab[:2])
+    scores = np.array([[model.reply_logprob(question, lead + c, [im])[0] for c in vocab[:2]] for im in images])
+    np.testing.assert_allclose(fast, np.exp(scores) / np.exp(scores).sum(1, keepdims=True), atol=1e-4)
+
+    choices = [vocab[0], vocab[0] + " " + vocab[1]]  # the first starts the second: whole replies
+    slow = model.choice_probabilities([question] * 2, images, choices)
+    end = model.chat.end
+    scores = np.array([[model.reply_logprob(question, lead + c + end, [im])[0] for c in choices] for im in images])
+    np.testing.assert_allclose(slow, np.exp(scores) / np.exp(scores).sum(1, keepdims=True), atol=1e-4)
+    assert slow.shape == (2, 2) and np.allclose(slow.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_reply_logprob_matches_the_logits_and_is_batch_invariant(cafe_models, mixed_images, arch):
     model = cafe_models[arch]
     question, reply = "Describe the photo.", " a red circle on the left"

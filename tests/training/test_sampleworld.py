@@ -159,3 +159,26 @@ def test_recipe_rejects_impossible_settings():
         Recipe(p_full_caption=0.6, p_pair=0.6).validate()
     with pytest.raises(ValueError, match="between 0 and 1"):
         Recipe(p_hard=1.5).validate()
+
+
+def test_the_previous_recipe_draws_the_same_samples_as_before(tmp_path):
+    """With the knobs added since at 0, a sample's contrastive text and conversation are exactly those the
+    first recipe drew (commit 777d786; training/configs/previous reproduces the previous model with them):
+    the digest below was computed by that commit's SampleWorldAugment on the same album, 2 epochs."""
+    import hashlib
+    import json
+
+    from data.dataset import open_dataset
+    from data.synth import write_album
+
+    write_album(tmp_path, n=24, seed=11, split="train")
+    recipe = Recipe(max_qa_turns=4, caption_turn_prob=0.2, p_full_caption=0.3, p_question_caption=0.15,
+                    p_grounded=0.5, p_yes_no=0.4)
+    augment = SampleWorldAugment(tmp_path, seed=3, recipe=recipe)
+    digest = hashlib.sha256()
+    for sample in open_dataset(tmp_path):
+        for epoch in (0, 1):
+            a = augment(sample, epoch)
+            record = [a.caption, [[t.role, t.content] for t in a.conversation]]
+            digest.update(json.dumps(record, sort_keys=True).encode())
+    assert digest.hexdigest() == "34ab9ad77881a6c583e171d383068d812fab5dff756c8eb9f62116fb1205d305"
