@@ -266,3 +266,16 @@ def test_loading_a_model_shows_its_calibrated_settings(indexed, client, ui_serve
     calibration = Path(before) / CALIBRATION_FILE
     served = json.loads(calibration.read_text())["answer"] if calibration.is_file() else {}
     assert threshold == served.get("min_score", AnswerConfig().min_score)
+
+
+def test_a_photo_moved_away_since_indexing_is_left_out_not_an_error(indexed, client, ui_server):
+    gallery, status, results = search(client, "")
+    gone = Path(results[0]["photo"])
+    moved = gone.with_name("moved-away.bin")
+    gone.rename(moved)
+    try:
+        gallery, status, results = search(client, "")
+        assert not status.startswith("⚠️") and len(gallery) == len(results) == UI_ALBUM_N - 1
+        assert str(gone) not in [r["photo"] for r in results]  # clicks index into what is shown
+    finally:
+        moved.rename(gone)
