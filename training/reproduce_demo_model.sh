@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+# Wall-clock of the whole recipe, kept across reruns (an interrupted run's time is counted until it stopped).
+START_FILE=runs/demo-data/.started
+mkdir -p runs/demo-data
+[ -f "$START_FILE" ] || date +%s > "$START_FILE"
 synth() {  # synth FOLDER ARGS...: write a sample-world album once
   local out=$1; shift
   [ -f "$out/ground_truth.json" ] || $PY -m data synth "$out" "$@"
@@ -17,9 +21,14 @@ synth runs/demo-data/test --n 400 --seed 3 --split test
 for stage in 1-lm 2-cafe 3-cafe 4-cafe; do
   [ -f "runs/demo-stage${stage%%-*}/final/config.json" ] || $PY -m training train --config "training/configs/demo-stage$stage.yaml" --resume
 done
-rm -rf models/cafe-tiny-sampleworld.tmp
-cp -r runs/demo-stage4/final models/cafe-tiny-sampleworld.tmp
-rm -rf models/cafe-tiny-sampleworld.tmp/eval
-rm -rf models/cafe-tiny-sampleworld
-mv models/cafe-tiny-sampleworld.tmp models/cafe-tiny-sampleworld
-echo "models/cafe-tiny-sampleworld written"
+# The model folder is assembled aside (weights, the app's calibration for them, the card with the whole
+# recipe), then swapped in: an interruption never leaves a half-written shipped model.
+OUT=models/cafe-tiny-sampleworld
+rm -rf "$OUT.tmp"
+cp -r runs/demo-stage4/final "$OUT.tmp"
+rm -rf "$OUT.tmp/eval"
+$PY benchmarks/calibrate.py --model "$OUT.tmp" --work runs/demo-data/calibration --write > runs/demo-data/calibration.json
+$PY -m training.demo_card "$OUT.tmp" --seconds $(( $(date +%s) - $(cat "$START_FILE") ))
+rm -rf "$OUT"
+mv "$OUT.tmp" "$OUT"
+echo "$OUT written"
