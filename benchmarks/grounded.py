@@ -16,8 +16,9 @@ go through app.answer.Answerer, the path the app's chat and `ask` take:
   the missing thing);
 - off-topic questions (data.queries.OFF_TOPIC_QUESTIONS): ``offtopic_refusal_rate``;
 - follow-ups: an album question, then "When was it taken?" / "What color is the background?" / "How
-  many objects are in it?": ``followup_accuracy`` (right for the photo the first answer cited, and
-  citing it) and ``followup_end_to_end_accuracy`` (right for the photo the first question meant).
+  many objects are in it?": ``followup_accuracy`` (of the conversations whose first answer cited a photo,
+  right for that photo and citing it; ``followup_all_accuracy`` over all of them, a refused first question
+  counting as a miss) and ``followup_end_to_end_accuracy`` (right for the photo the first question meant).
 
 Each wrong answerable question is attributed to the first link that failed: "refused" (the evidence
 check or the threshold turned every photo down), "retrieval" (the right photo was not shown),
@@ -193,12 +194,15 @@ def offtopic(answerer, questions, after=None):
 
 
 def followups(answerer, conversations, specs):
-    """followup_accuracy: right for the photo the first answer cited, citing it; end to end: for the photo meant."""
+    """followup_accuracy: of the conversations whose first answer cited a photo (a refused first question
+    leaves nothing to follow; false_refusal_rate counts those), the follow-ups answered right for that photo,
+    citing it; followup_all_accuracy: the same over every conversation; end to end: right for the photo the
+    first question meant."""
     from app.answer import Turn
     from data.queries import followup_answer
 
     by_id = {s.id: s for s in specs}
-    ok = end_to_end = 0
+    ok = end_to_end = followable = 0
     for c in conversations:
         first = answerer.answer(c["first"])
         history = [Turn.of(first)]
@@ -207,10 +211,12 @@ def followups(answerer, conversations, specs):
         cited_now = [Path(p).stem for p in second.cited_paths or [s.path for s in second.sources if s.cited]]
         right_photo = cited_before[:1] == cited_now[:1] and bool(cited_now)
         truth = followup_answer(by_id[cited_before[0]], c["followup"]) if cited_before and cited_before[0] in by_id else None
+        followable += truth is not None
         ok += right_photo and truth is not None and normalise(second.text) == normalise(truth)
         end_to_end += cited_now[:1] == [c["photo_id"]] and normalise(second.text) == normalise(c["answer"])
     n = len(conversations)
-    return {"conversations": n, "followup_accuracy": rate(ok, n), "followup_end_to_end_accuracy": rate(end_to_end, n)}
+    return {"conversations": n, "first_answer_cited": followable, "followup_accuracy": rate(ok, followable),
+            "followup_all_accuracy": rate(ok, n), "followup_end_to_end_accuracy": rate(end_to_end, n)}
 
 
 def main(argv: list[str] | None = None) -> int:

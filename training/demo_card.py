@@ -16,7 +16,8 @@ from .vision_pretrain import VisionPretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = "training/reproduce_demo_model.sh"
-STAGES = ("demo-stage0-vision", "demo-stage1-lm", "demo-stage2-cafe", "demo-stage3-cafe", "demo-stage4-cafe")
+STAGES = ("demo-stage0-vision", "demo-stage1-lm", "demo-stage2-cafe", "demo-stage3-cafe", "demo-stage4-cafe",
+          "demo-stage5-cafe")
 HEADING = "## How this model was made"
 
 

@@ -229,35 +229,10 @@ class Trainer:
     # -- data
     def _batches(self):
         """Yield collated batches forever, epoch after epoch, from the saved data position."""
-        cfg = self.cfg
-        epoch, consumed = self.state["epoch"], self.state["consumed"]
-        per_batch = cfg.batch_size * self.world
-        while True:
-            # Every rank takes the same number of full batches per epoch (the ranks step together);
-            # the tail that cannot fill a batch on every rank is dropped.
-            n_batches = (len(self.dataset) - consumed) // per_batch
-            ds = self.dataset.shuffle(cfg.seed).set_epoch(epoch).skip(consumed)
-            if self.world > 1:
-                ds = ds.shard(self.rank, self.world)
-            chunk, produced = [], 0
-            for sample in ds:
-                if produced == n_batches:
-                    break
-                if self.augment is not None:
-                    sample = self.augment(sample, epoch)
-                if self.budget is not None and (sample := self.budget.fit(sample)) is None:
-                    continue  # its first exchange alone is over max_seq_len (counted, logged)
-                chunk.append(sample)
-                if len(chunk) == cfg.batch_size:
-                    consumed += per_batch
-                    produced += 1
-                    yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), (epoch, consumed), _texts(chunk)
-                    chunk = []
-            if produced == 0 and n_batches > 0:  # unusable images everywhere: never spin on empty epochs
-                too_long = f" ({self.budget.skipped} over max_seq_len {cfg.max_seq_len})" if self.budget else ""
-                raise DataFormatError(cfg.data, f"epoch {epoch} gave no full batch of {cfg.batch_size} usable samples"
-                                      + too_long)
-            epoch, consumed = epoch + 1, 0
+        samples = sample_batches(self.dataset, self.augment, self.cfg.batch_size, self.cfg.seed, self.world,
+                                 self.rank, self.state["epoch"], self.state["consumed"], self.budget)
+        for chunk, position in samples:
+            yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), position, _texts(chunk)
 
     # -- loop
     def _all_finite(self, t: torch.Tensor) -> bool:
@@ -443,6 +418,41 @@ class Trainer:
         (folder / "eval.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
+
+
+def sample_batches(dataset, augment, batch_size: int, seed: int, world: int = 1, rank: int = 0, epoch: int = 0,
+                   consumed: int = 0, budget: SequenceBudget | None = None):
+    """This rank's batches of augmented samples, forever, in the trainer's order: ``(samples, (epoch,
+    consumed))`` per batch, ``consumed`` counting every rank's samples of the epoch so far. The order depends
+    only on (data, seed, world, augment), so a resumed run, and a replay without a model
+    (training/replay_vocab.py), see the same samples."""
+    per_batch = batch_size * world
+    while True:
+        # Every rank takes the same number of full batches per epoch (the ranks step together);
+        # the tail that cannot fill a batch on every rank is dropped.
+        n_batches = (len(dataset) - consumed) // per_batch
+        ds = dataset.shuffle(seed).set_epoch(epoch).skip(consumed)
+        if world > 1:
+            ds = ds.shard(rank, world)
+        chunk, produced = [], 0
+        for sample in ds:
+            if produced == n_batches:
+                break
+            if augment is not None:
+                sample = augment(sample, epoch)
+            if budget is not None and (sample := budget.fit(sample)) is None:
+                continue  # its first exchange alone is over max_seq_len (counted, logged)
+            chunk.append(sample)
+            if len(chunk) == batch_size:
+                consumed += per_batch
+                produced += 1
+                yield chunk, (epoch, consumed)
+                chunk = []
+        if produced == 0 and n_batches > 0:  # unusable images everywhere: never spin on empty epochs
+            too_long = f" ({budget.skipped} over max_seq_len {budget.max_len})" if budget else ""
+            raise DataFormatError(getattr(dataset, "path", "the dataset"),
+                                  f"epoch {epoch} gave no full batch of {batch_size} usable samples" + too_long)
+        epoch, consumed = epoch + 1, 0
 
 def _texts(samples) -> list[str]:
     """Every text of a batch's samples (conversation turns, contrastive and hard negative texts)."""

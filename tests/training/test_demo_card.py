@@ -9,7 +9,7 @@ from training.demo_card import HEADING, REPO, STAGES, add_recipe, recipe_markdow
 def test_the_recipe_lists_every_stage_with_its_config_and_the_albums():
     text = recipe_markdown(3.5 * 3600)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "configs/demo-stage" in line]
-    assert len(rows) == len(STAGES) == 5
+    assert len(rows) == len(STAGES) == 6
     stage2 = load_config(REPO / "training/configs/demo-stage2-cafe.yaml")
     assert f"| {stage2.max_steps} x {stage2.batch_size} | {stage2.lr} ({stage2.vision_lr}) | {stage2.seed} |" in rows[2]
     assert "`runs/demo-data/test`: `--n 400 --seed 3 --split test`" in text and "3.5 h" in text

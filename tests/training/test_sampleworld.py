@@ -163,7 +163,7 @@ def test_recipe_rejects_impossible_settings():
 
 def test_the_previous_recipe_draws_the_same_samples_as_before(tmp_path):
     """With the knobs added since at 0, a sample's contrastive text and conversation are exactly those the
-    first recipe drew (commit 777d786; training/configs/previous reproduces the previous model with them):
+    first recipe drew (commit 777d786; stages 0-5 of the demo recipe reproduce the previous model with them):
     the digest below was computed by that commit's SampleWorldAugment on the same album, 2 epochs."""
     import hashlib
     import json
