@@ -369,18 +369,21 @@ class Answerer:
         return Answer(question, text=text, done=True, kind="refusal", missing=list(missing),
                       closest=[Source(h.path, h.score, h.date[:10]) for h in closest], parts=list(parts))
 
-    def _ranked(self, question: str, parts: list[str], k, filters) -> list[tuple[Hit, float]]:
-        """(photo, relevance) of the retrieved photos scoring >= min_score, re-ranked by the generator."""
+    def _ranked(self, question: str, parts: list[str], k, filters) -> tuple[list[tuple[Hit, float]], list[Hit]]:
+        """(photo, relevance) of the retrieved photos scoring >= min_score, re-ranked by the generator; and
+        every retrieved photo (a refusal's closest matches, even when none clears min_score)."""
         hits = self.retrieve(question, k, filters, parts)
-        relevance = self.relevance(question, hits, parts if self.config.decompose else ())
-        ranked = [(h, r) for h, r in zip(hits, relevance) if h.score >= self.config.min_score and r is not None]
-        return sorted(ranked, key=lambda hr: -hr[1])  # stable: ties keep retrieval order
+        above = [h for h in hits if h.score >= self.config.min_score]
+        relevance = self.relevance(question, above, parts if self.config.decompose else ())
+        ranked = [(h, r) for h, r in zip(above, relevance) if r is not None]
+        return sorted(ranked, key=lambda hr: -hr[1]), hits  # stable: ties keep retrieval order
 
     def _stream_grounded(self, question: str, parts: list[str], k, filters) -> Iterator[Answer]:
         cfg = self.config
-        ranked = self._ranked(question, parts, k, filters)
+        ranked, hits = self._ranked(question, parts, k, filters)
         if not ranked:
-            yield self._refusal(question, NOT_FOUND.format(things=the_parts(parts)), parts, parts=parts)
+            yield self._refusal(question, NOT_FOUND.format(things=the_parts(parts)), parts,
+                                hits[: cfg.max_closest], parts)
             return
         candidates = ranked[: max(1, cfg.evidence_top)] if cfg.check_evidence else ranked
         if cfg.check_evidence:
@@ -402,13 +405,14 @@ class Answerer:
     def _search(self, question: str, parts: list[str], k, filters) -> Answer:
         """"Show me photos of ...": the photos that show every named thing, checked by the generator."""
         cfg = self.config
-        hits = [h for h in self.retrieve(question, k or cfg.k, filters, parts) if h.score >= cfg.min_score]
+        retrieved = self.retrieve(question, k or cfg.k, filters, parts)
+        hits = [h for h in retrieved if h.score >= cfg.min_score]
         evidence = self.check(parts, hits) if cfg.check_evidence else [None] * len(hits)
         shown = [h for h, e in zip(hits, evidence) if not cfg.check_evidence or (e is not None and e.shows_all)]
         if not shown:
             missing = missing_parts(parts, [e for e in evidence if e is not None]) if cfg.check_evidence else parts
             return self._refusal(question, NOT_FOUND.format(things=the_parts(missing)), missing,
-                                 hits[: cfg.max_closest], parts)
+                                 retrieved[: cfg.max_closest], parts)
         n = len(shown)
         return Answer(question, text=SEARCH_FOUND.format(n=n, s="" if n == 1 else "s", things=the_parts(parts)),
                       sources=[Source(h.path, h.score, h.date[:10]) for h in shown], done=True, kind="search",

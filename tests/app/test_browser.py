@@ -290,12 +290,18 @@ def test_photo_plus_text_puts_white_backgrounds_first(page, ui_server, shots_dir
 
 
 def ask(page, question: str) -> str:
+    """Send a chat message and return the status line once its answer is complete. Two answers in a row can
+    have the same status, so completion is: one more user message in the history, and a final status (while
+    the request runs, Gradio's progress overlay puts "processing | ..." in the status box's text)."""
+    users = lambda d: len(d.find_elements("css selector", '#chat-history [data-testid="user"]'))  # noqa: E731
+    before = users(page)
     box = field(page, "chat-message")
     box.send_keys(question)
-    before = text_of(page, "chat-status")
     page.find_element("id", "chat-send").click()
-    return wait_for(page, lambda d: (t := text_of(d, "chat-status")) not in ("", before, "Answering…") and t, 120,
-                    f"the answer to {question!r}")
+    wait_for(page, lambda d: users(d) > before, 60, f"{question!r} in the history")
+    return wait_for(page, lambda d: (t := text_of(d, "chat-status")) not in ("", "Answering…")
+                    and "processing" not in t and not d.find_elements("css selector", "#chat-status .progress-text")
+                    and t, 120, f"the answer to {question!r}")
 
 
 def test_chat_refuses_what_is_not_there_answers_and_follows_up(page, ui_server, shots_dir):
@@ -305,7 +311,8 @@ def test_chat_refuses_what_is_not_there_answers_and_follows_up(page, ui_server, 
     bots = page.find_elements("css selector", '#chat-history [data-testid="bot"]')
     assert "I found no photo with the purple star" in bots[0].text
     if shipped_model():
-        assert "Closest matches" in " ".join(b.text for b in bots)
+        bot_text = lambda d: " ".join(b.text for b in d.find_elements("css selector", '#chat-history [data-testid="bot"]'))  # noqa: E731
+        wait_for(page, lambda d: "Closest matches" in bot_text(d), 30, f"closest matches in {bot_text(page)!r}")
         assert "Closest matches" in page.find_element("id", "chat-cited").text  # not labelled as citations
         page.save_screenshot(str(shots_dir / "chat-refusal.png"))
     q = next(q for q in ui_server.ground_truth["album_questions"] if q["qtype"] == "album_background")
