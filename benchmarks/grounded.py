@@ -210,7 +210,8 @@ def followups(answerer, conversations, specs):
         cited_before = [Path(p).stem for p in history[0].photos]
         cited_now = [Path(p).stem for p in second.cited_paths or [s.path for s in second.sources if s.cited]]
         right_photo = cited_before[:1] == cited_now[:1] and bool(cited_now)
-        truth = followup_answer(by_id[cited_before[0]], c["followup"]) if cited_before and cited_before[0] in by_id else None
+        followed = cited_before[0] if cited_before and cited_before[0] in by_id else None
+        truth = followup_answer(by_id[followed], c["followup"]) if followed else None
         followable += truth is not None
         ok += right_photo and truth is not None and normalise(second.text) == normalise(truth)
         end_to_end += cited_now[:1] == [c["photo_id"]] and normalise(second.text) == normalise(c["answer"])

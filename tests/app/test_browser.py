@@ -311,7 +311,8 @@ def test_chat_refuses_what_is_not_there_answers_and_follows_up(page, ui_server, 
     bots = page.find_elements("css selector", '#chat-history [data-testid="bot"]')
     assert "I found no photo with the purple star" in bots[0].text
     if shipped_model():
-        bot_text = lambda d: " ".join(b.text for b in d.find_elements("css selector", '#chat-history [data-testid="bot"]'))  # noqa: E731
+        bots_of = lambda d: d.find_elements("css selector", '#chat-history [data-testid="bot"]')  # noqa: E731
+        bot_text = lambda d: " ".join(b.text for b in bots_of(d))  # noqa: E731
         wait_for(page, lambda d: "Closest matches" in bot_text(d), 30, f"closest matches in {bot_text(page)!r}")
         assert "Closest matches" in page.find_element("id", "chat-cited").text  # not labelled as citations
         page.save_screenshot(str(shots_dir / "chat-refusal.png"))
