@@ -19,7 +19,7 @@ from data.dataset import open_dataset
 
 from .config import TrainConfig, load_config
 from .sampleworld import SampleWorldAugment
-from .trainer import _texts, sample_batches
+from .trainer import batch_texts, sample_batches
 
 
 def replay(cfg: TrainConfig) -> WordCounts:
@@ -33,7 +33,7 @@ def replay(cfg: TrainConfig) -> WordCounts:
         raise ValueError(f"{cfg.out_dir}: replay needs max_steps (an epochs-based run's length depends on the data)")
     counts = WordCounts()
     for chunk, _ in itertools.islice(sample_batches(dataset, augment, cfg.batch_size, cfg.seed), steps):
-        counts.update(_texts(chunk))
+        counts.update(batch_texts(chunk))
     return counts
 
 

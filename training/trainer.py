@@ -232,7 +232,7 @@ class Trainer:
         samples = sample_batches(self.dataset, self.augment, self.cfg.batch_size, self.cfg.seed, self.world,
                                  self.rank, self.state["epoch"], self.state["consumed"], self.budget)
         for chunk, position in samples:
-            yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), position, _texts(chunk)
+            yield collate(self.encoder, chunk, self.loss_fn.needs_embeddings), position, batch_texts(chunk)
 
     # -- loop
     def _all_finite(self, t: torch.Tensor) -> bool:
@@ -419,7 +419,6 @@ class Trainer:
         return metrics
 
 
-
 def sample_batches(dataset, augment, batch_size: int, seed: int, world: int = 1, rank: int = 0, epoch: int = 0,
                    consumed: int = 0, budget: SequenceBudget | None = None):
     """This rank's batches of augmented samples, forever, in the trainer's order: ``(samples, (epoch,
@@ -454,7 +453,8 @@ def sample_batches(dataset, augment, batch_size: int, seed: int, world: int = 1,
                                   f"epoch {epoch} gave no full batch of {batch_size} usable samples" + too_long)
         epoch, consumed = epoch + 1, 0
 
-def _texts(samples) -> list[str]:
+
+def batch_texts(samples) -> list[str]:
     """Every text of a batch's samples (conversation turns, contrastive and hard negative texts)."""
     out = []
     for s in samples:
