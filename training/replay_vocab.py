@@ -23,16 +23,14 @@ from .trainer import batch_texts, sample_batches
 
 
 def replay(cfg: TrainConfig) -> WordCounts:
-    """The words of every text one single-process stage trained on."""
-    if cfg.grad_accum != 1:
-        raise ValueError(f"{cfg.out_dir}: replay follows single-process runs with grad_accum 1")
+    """The words of every text one single-process stage trained on (grad_accum micro-batches per step)."""
     dataset = open_dataset(cfg.data, max_side=cfg.image_max_side)
     augment = SampleWorldAugment(cfg.data, cfg.seed, cfg.recipe()) if cfg.augment == "sampleworld" else None
     steps = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     if steps <= 0:
         raise ValueError(f"{cfg.out_dir}: replay needs max_steps (an epochs-based run's length depends on the data)")
     counts = WordCounts()
-    for chunk, _ in itertools.islice(sample_batches(dataset, augment, cfg.batch_size, cfg.seed), steps):
+    for chunk, _ in itertools.islice(sample_batches(dataset, augment, cfg.batch_size, cfg.seed), steps * cfg.grad_accum):
         counts.update(batch_texts(chunk))
     return counts
 

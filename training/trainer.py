@@ -449,8 +449,8 @@ def sample_batches(dataset, augment, batch_size: int, seed: int, world: int = 1,
                 chunk = []
         if produced == 0 and n_batches > 0:  # unusable images everywhere: never spin on empty epochs
             too_long = f" ({budget.skipped} over max_seq_len {budget.max_len})" if budget else ""
-            raise DataFormatError(getattr(dataset, "path", "the dataset"),
-                                  f"epoch {epoch} gave no full batch of {batch_size} usable samples" + too_long)
+            raise DataFormatError(dataset.path, f"epoch {epoch} gave no full batch of {batch_size} usable samples"
+                                  + too_long)
         epoch, consumed = epoch + 1, 0
 
 

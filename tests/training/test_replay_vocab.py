@@ -13,7 +13,8 @@ RECIPE = {"p_grounded": 0.5, "p_pair": 0.5, "p_hard": 0.5, "position_turns": 1, 
 
 
 def test_replay_counts_what_the_trainer_counted(train_data, tmp_path):
-    trainer = train_in_process(settings(train_data, tmp_path / "run", max_steps=3, batch_size=4, **RECIPE))
+    trainer = train_in_process(settings(train_data, tmp_path / "run", max_steps=3, batch_size=2, grad_accum=2,
+                                        **RECIPE))
     written = json.loads((trainer.final / VOCAB_FILE).read_text())
     counts = replay(trainer.cfg)
     assert counts.texts == written["texts"] > 3 * 4
