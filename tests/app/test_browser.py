@@ -116,6 +116,13 @@ def text_of(driver, elem_id: str) -> str:
     return driver.find_element("id", elem_id).text
 
 
+def settled_text(driver, elem_id: str) -> str:
+    """The element's text once Gradio's progress overlay ("processing | 0.5/0.2s") has left it, else ""."""
+    t = text_of(driver, elem_id)
+    busy = "processing" in t or driver.find_elements("css selector", f"#{elem_id} .progress-text")
+    return "" if busy else t
+
+
 def gallery_captions(driver, elem_id: str) -> list[str]:
     from selenium.common.exceptions import StaleElementReferenceException
 
@@ -151,7 +158,7 @@ def search_for(driver, text: str) -> list[str]:
     before = text_of(driver, "search-status")
     driver.find_element("id", "search-button").click()
     try:
-        wait_for(driver, lambda d: text_of(d, "search-status") not in ("", before), 20, f"results for {text!r}")
+        wait_for(driver, lambda d: settled_text(d, "search-status") not in ("", before), 20, f"results for {text!r}")
     except TimeoutException:  # the same query again: the same status
         assert text_of(driver, "search-status") == before
     time.sleep(0.5)
@@ -163,7 +170,7 @@ def names(captions: list[str]) -> list[str]:
 
 
 def test_an_empty_library_says_how_to_start(page):
-    status = wait_for(page, lambda d: text_of(d, "search-status"), 30, "the Photos view's status")
+    status = wait_for(page, lambda d: settled_text(d, "search-status"), 30, "the Photos view's status")
     assert "Your library is empty" in status and "index a photo folder" in status, status
     assert page.find_element("css selector", "button[role=tab][aria-selected=true]").text.strip() == "Photos"
 
@@ -185,8 +192,8 @@ def test_library_indexes_a_folder_on_enter(page, ui_server, shots_dir):
 
 def test_the_landing_view_shows_the_library_newest_first(page, ui_server, shots_dir):
     load(page, ui_server.url)
-    status = wait_for(page, lambda d: (t := text_of(d, "search-status")) and "newest first" in t and t, 60, "photos")
-    assert status.startswith(f"{UI_ALBUM_N} photos")
+    status = wait_for(page, lambda d: (t := settled_text(d, "search-status")) and "newest first" in t and t, 60, "photos")
+    assert status.startswith(f"{UI_ALBUM_N} photos"), status
     shown = names(wait_for(page, lambda d: gallery_captions(d, "search-gallery"), 30, "the gallery"))
     dates = [ui_server.photo_spec(n)["date"] for n in shown]
     assert len(shown) == UI_ALBUM_N and dates == sorted(dates, reverse=True)
@@ -292,16 +299,15 @@ def test_photo_plus_text_puts_white_backgrounds_first(page, ui_server, shots_dir
 def ask(page, question: str) -> str:
     """Send a chat message and return the status line once its answer is complete. Two answers in a row can
     have the same status, so completion is: one more user message in the history, and a final status (while
-    the request runs, Gradio's progress overlay puts "processing | ..." in the status box's text)."""
+    the request runs, Gradio's progress overlay is in the status box: see settled_text)."""
     users = lambda d: len(d.find_elements("css selector", '#chat-history [data-testid="user"]'))  # noqa: E731
     before = users(page)
     box = field(page, "chat-message")
     box.send_keys(question)
     page.find_element("id", "chat-send").click()
     wait_for(page, lambda d: users(d) > before, 60, f"{question!r} in the history")
-    return wait_for(page, lambda d: (t := text_of(d, "chat-status")) not in ("", "Answering…")
-                    and "processing" not in t and not d.find_elements("css selector", "#chat-status .progress-text")
-                    and t, 120, f"the answer to {question!r}")
+    return wait_for(page, lambda d: (t := settled_text(d, "chat-status")) not in ("", "Answering…") and t,
+                    120, f"the answer to {question!r}")
 
 
 def test_chat_refuses_what_is_not_there_answers_and_follows_up(page, ui_server, shots_dir):
