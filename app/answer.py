@@ -347,10 +347,11 @@ class Answerer:
         by_index = dict(zip(images, self.model.reply_logprob(DESCRIBE_QUESTION, description, list(images.values()))))
         return [by_index.get(i) for i in range(len(hits))]
 
-    def check(self, parts: Sequence[str], hits: Sequence[Hit]) -> list[PhotoEvidence | None]:
-        """The evidence check of each hit (None for a photo that cannot be read)."""
+    def check(self, parts: Sequence[str], hits: Sequence[Hit], complete: bool = False) -> list[PhotoEvidence | None]:
+        """The evidence check of each hit (None for a photo that cannot be read); ``complete``: every
+        question asked, also those that cannot change the verdict (EvidenceChecker)."""
         images = self._readable(dict(enumerate(hits)))
-        found = self.evidence.check(parts, list(images.values())) if images else []
+        found = self.evidence.check(parts, list(images.values()), complete) if images else []
         by_index = dict(zip(images, found))
         return [by_index.get(i) for i in range(len(hits))]
 

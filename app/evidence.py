@@ -70,9 +70,11 @@ def color_and_shape(part: str) -> tuple[str, str] | None:
 
 @dataclass
 class PhotoEvidence:
-    """What the model says one photo shows of each part: P(yes) of its probe, the attribute check (None
-    for parts without a color and a shape), and for sized parts the size margin (nats; > 0 favours the
-    named size)."""
+    """What the model says one photo shows of each part: P(yes) of its probe, the attribute check, and for
+    sized parts the size margin (nats; > 0 favours the named size). An attribute or size value is None
+    where it was not asked: the part names no (color, shape) or no size, or (unless the check was asked
+    to be complete) an earlier question already failed the part. The attribute value is then P(color)
+    alone when that passed, so the shape question was not needed."""
 
     p_yes: list[float]
     size_margin: list[float | None]
@@ -92,29 +94,34 @@ def part_passes(p_yes: float, size_margin: float | None, p_attribute: float | No
 
 
 class EvidenceChecker:
-    """Judges photos against the parts a question names (see module doc)."""
+    """Judges photos against the parts a question names (see module doc).
+
+    The questions about one photo share its prompt beginning (CafeModel.sharing_image_prefixes), so the
+    photo goes through the model once and each question costs its own few tokens. Questions run in
+    order of cost, each only where it can still change the verdict: the probe for every (photo, part),
+    the color question where the probe passed, the shape question where the color one failed (the rule
+    takes the larger), the size likelihoods last. ``complete=True`` asks everything (calibration needs
+    every value); the verdicts are the same either way.
+    """
 
     def __init__(self, model, min_yes: float, min_size_margin: float, min_attribute: float = 0.0):
         self.model, self.min_yes, self.min_size_margin = model, min_yes, min_size_margin
         self.min_attribute = min_attribute
 
-    def check(self, parts: Sequence[str], images: Sequence[Image.Image]) -> list[PhotoEvidence]:
-        """One PhotoEvidence per image (all parts asked in one batch)."""
+    def check(self, parts: Sequence[str], images: Sequence[Image.Image], complete: bool = False) -> list[PhotoEvidence]:
+        """One PhotoEvidence per image."""
         parts, images = list(parts), list(images)
         if not parts or not images:
             return [PhotoEvidence([], []) for _ in images]
-        questions = [probe(p) for _ in images for p in parts]
-        p_yes = self.model.choice_probabilities(questions, [im for im in images for _ in parts])[:, 0]
-        p_yes = p_yes.reshape(len(images), len(parts))
-        attribute = self._attributes(parts, images)
-        margins = np.full((len(images), len(parts)), np.nan)
-        for j, part in enumerate(parts):
-            flipped = other_size(part)
-            if flipped is None:
-                continue
-            named = self.model.reply_logprob(DESCRIBE_QUESTION, prompts.describe_parts([part]), images)
-            other = self.model.reply_logprob(DESCRIBE_QUESTION, prompts.describe_parts([flipped]), images)
-            margins[:, j] = np.asarray(named) - np.asarray(other)
+        with self.model.sharing_image_prefixes():
+            questions = [probe(p) for _ in images for p in parts]
+            p_yes = self.model.choice_probabilities(questions, [im for im in images for _ in parts])[:, 0]
+            p_yes = p_yes.reshape(len(images), len(parts))
+            open_ = np.ones_like(p_yes, dtype=bool) if complete else p_yes >= self.min_yes
+            attribute = self._attributes(parts, images, open_, complete)
+            if not complete:
+                open_ &= np.isnan(attribute) | (attribute >= self.min_attribute)
+            margins = self._size_margins(parts, images, open_)
         out = []
         for i in range(len(images)):
             size = [None if np.isnan(m) else float(m) for m in margins[i]]
@@ -124,20 +131,41 @@ class EvidenceChecker:
             out.append(PhotoEvidence([float(p) for p in p_yes[i]], size, passed, attr))
         return out
 
-    def _attributes(self, parts: list[str], images: list) -> np.ndarray:
-        """(images, parts): max of P(color | "What color is the <shape>?") and P(shape | "What shape is
-        the <color> object?"); NaN for parts that name no (color, shape)."""
-        out = np.full((len(images), len(parts)), np.nan)
+    def _attributes(self, parts: list[str], images: list, asked: np.ndarray, complete: bool) -> np.ndarray:
+        """(images, parts): max of P(color | "What color is the <shape>?") and P(shape | "What shape is the
+        <color> object?") where ``asked``; the shape question only where the color one fails, unless
+        ``complete``. NaN for parts that name no (color, shape) and where not asked."""
+        out = np.full(asked.shape, np.nan)
+        named = [color_and_shape(p) for p in parts]
+        cells = [(i, j) for i in range(len(images)) for j in range(len(parts)) if asked[i, j] and named[j]]
+        if not cells:
+            return out
+        p_color = self.model.choice_probabilities(
+            [COLOR_OF_SHAPE_QUESTION.format(shape=named[j][1]) for _, j in cells], [images[i] for i, _ in cells],
+            COLORS)
+        for (i, j), p in zip(cells, p_color):
+            out[i, j] = p[COLORS.index(named[j][0])]
+        cells = [(i, j) for i, j in cells if complete or out[i, j] < self.min_attribute]
+        if cells:
+            p_shape = self.model.choice_probabilities(
+                [SHAPE_OF_COLOR_QUESTION.format(color=named[j][0]) for _, j in cells], [images[i] for i, _ in cells],
+                SHAPES)
+            for (i, j), p in zip(cells, p_shape):
+                out[i, j] = max(out[i, j], p[SHAPES.index(named[j][1])])
+        return out
+
+    def _size_margins(self, parts: list[str], images: list, asked: np.ndarray) -> np.ndarray:
+        """(images, parts): log P("a photo of <the part>") - log P("a photo of <it, the other size>") under the
+        describe question where ``asked``; NaN for parts that name no size and where not asked."""
+        out = np.full(asked.shape, np.nan)
         for j, part in enumerate(parts):
-            named = color_and_shape(part)
-            if named is None:
+            flipped, rows = other_size(part), [i for i in range(len(images)) if asked[i, j]]
+            if flipped is None or not rows:
                 continue
-            color, shape = named
-            q_color = COLOR_OF_SHAPE_QUESTION.format(shape=shape)
-            q_shape = SHAPE_OF_COLOR_QUESTION.format(color=color)
-            p_color = self.model.choice_probabilities([q_color] * len(images), images, COLORS)[:, COLORS.index(color)]
-            p_shape = self.model.choice_probabilities([q_shape] * len(images), images, SHAPES)[:, SHAPES.index(shape)]
-            out[:, j] = np.maximum(p_color, p_shape)
+            shown = [images[i] for i in rows]
+            named = self.model.reply_logprob(DESCRIBE_QUESTION, prompts.describe_parts([part]), shown)
+            other = self.model.reply_logprob(DESCRIBE_QUESTION, prompts.describe_parts([flipped]), shown)
+            out[rows, j] = np.asarray(named) - np.asarray(other)
         return out
 
 

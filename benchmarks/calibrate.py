@@ -1,13 +1,16 @@
-"""Calibrate a model's app settings on a calibration album; print them (and the evidence) as JSON.
+"""Calibrate a model's app settings on calibration albums; print them (and what they measure) as JSON.
 
-    .venv/bin/python benchmarks/calibrate.py                                  # shipped model, seed 300
-    .venv/bin/python benchmarks/calibrate.py --model PATH --seed 300 --write  # -> PATH/app_calibration.json
+    .venv/bin/python benchmarks/calibrate.py                          # shipped model, seeds 300 301 302
+    .venv/bin/python benchmarks/calibrate.py --model PATH --write      # -> PATH/app_calibration.json
 
-Scores are model-specific, so every threshold and weight the app uses is measured here, on an album
-the model never saw and that no report uses (seed 300; reports use seed 200), and stored with the
-model (app/calibration.py applies it whenever that model is loaded):
+Scores are model-specific, so every threshold and weight the app uses is measured here, on albums the
+model never saw and that no report uses (seeds 300-302, 300 photos each; reports use seed 200), and
+stored with the model (app/calibration.py applies it whenever that model is loaded). Three albums, not
+one: refusal and false-refusal rates move by several points from one 300-photo album to the next, and
+settings fitted to one album's luck do not hold on the next (fitted on two albums, checked on the third,
+the previous constraints gave false refusals up to 0.11 on the held-out album, these up to 0.06).
 
-- search.min_text_score: the relevance cutoff of text searches. Queries naming one object ("a red
+- search.min_text_score (from the first album): the relevance cutoff of text searches. Queries naming one object ("a red
   circle") and two ("a red circle and a blue star"); a photo is relevant when it shows everything the
   query names; the cutoff that maximises F1 over each query's 40 best photos.
 - search.min_image_score: the same for "more like this" (relevant: shares an object kind).
@@ -18,7 +21,8 @@ model (app/calibration.py applies it whenever that model is loaded):
   the best candidates is recorded; the settings are then chosen by replaying the decision rule: the
   first candidate that passes is shown. Objective: the right photo shown first on answerable questions,
   subject to refusing at least --min-refusal of the unanswerable ones and at most --max-false-refusal
-  of the answerable ones.
+  of the answerable ones (where no setting meets both, the best of right + refusal - 2 x the false
+  refusals over the limit).
 - answer.min_score: just below the lowest best score any answerable question gets.
 """
 
@@ -126,7 +130,7 @@ def collect_evidence(answerer, questions, parts_of, top: int) -> list[dict]:
         hits = answerer.retrieve(q.question, parts=parts)
         head = hits[:top]
         logp = answerer.description_logprob(q.question, head, parts)
-        evidence = answerer.check(parts, head)
+        evidence = answerer.check(parts, head, complete=True)
         out.append({"right": q.photo_ids[0] if q.photo_ids else None, "top_score": hits[0].score if hits else None,
                     "candidates": [{"id": Path(h.path).stem, "score": h.score, "logp": lp, "p_yes": e.p_yes,
                                     "size": e.size_margin, "attribute": e.p_attribute}
@@ -177,12 +181,16 @@ def answer_settings(answerable, unanswerable, min_score, top, min_refusal, max_f
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="model folder (default: the shipped demo model)")
-    p.add_argument("--n", type=int, default=300, help="photos in the calibration album (default %(default)s)")
-    p.add_argument("--seed", type=int, default=300, help="calibration album seed (default %(default)s)")
+    p.add_argument("--n", type=int, default=300, help="photos in each calibration album (default %(default)s)")
+    p.add_argument("--seed", type=int, nargs="+", default=[300, 301, 302],
+                   help="calibration album seeds: one album each, the answer settings fit to all (default %(default)s)")
     p.add_argument("--style", default="plain", choices=("plain", "varied", "mixed"), help="how the photos are drawn")
-    p.add_argument("--unanswerable", type=int, default=120, help="unanswerable questions (default %(default)s)")
-    p.add_argument("--min-refusal", type=float, default=0.9, help="unanswerable questions to refuse, at least")
-    p.add_argument("--max-false-refusal", type=float, default=0.08, help="answerable questions refused, at most")
+    p.add_argument("--unanswerable", type=int, default=120, help="unanswerable questions per album (default %(default)s)")
+    p.add_argument("--min-refusal", type=float, default=0.9,
+                   help="unanswerable questions to refuse, at least (default %(default)s)")
+    p.add_argument("--max-false-refusal", type=float, default=0.04,
+                   help="answerable questions refused, at most (default %(default)s; set below the app's target of "
+                        "0.10, which must hold on albums not calibrated on)")
     p.add_argument("--work", help="keep the album and database here (default: a temp folder)")
     p.add_argument("--write", action="store_true", help="write MODEL/app_calibration.json")
     args = p.parse_args(argv)
@@ -202,30 +210,37 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="calibrate-"))
-    photos = ensure_album(work / "album", n=args.n, seed=args.seed, split="test", style=args.style)
-    album = read_album(work / "album")
-    specs = [a.spec for a in album.photos]
-    paths_by_id = {a.spec.id: str((album.root / a.image).resolve()) for a in album.photos}
     model = load_model(resolve_model(args.model))
     if args.write and not Path(model.name).is_dir():
         p.error(f"--write needs a model folder to write {CALIBRATION_FILE} into; {model.name} is not one")
-    index = PhotoIndex.open(db=work / "db", model=model, create=True)
-    index.update([photos])
-
-    search = search_settings(index, specs, paths_by_id)
     defaults = AnswerConfig()
-    answerer = Answerer(model, index, dataclasses.replace(defaults, min_yes=0.0, min_size_margin=-1e9, min_attribute=0.0))
-    answerable = collect_evidence(answerer, album.questions, lambda q: referring_parts(q.question), defaults.evidence_top)
-    missing = unanswerable_questions(specs, random.Random(f"calibrate:{args.seed}"), args.unanswerable)
-    unanswerable = collect_evidence(answerer, missing, lambda q: referring_parts(q.question), defaults.evidence_top)
+    answerable, unanswerable, search = [], [], None
+    for seed in args.seed:
+        folder = work / f"seed-{seed}" if len(args.seed) > 1 else work
+        photos = ensure_album(folder / "album", n=args.n, seed=seed, split="test", style=args.style)
+        album = read_album(folder / "album")
+        specs = [a.spec for a in album.photos]
+        index = PhotoIndex.open(db=folder / "db", model=model, create=True)
+        index.update([photos])
+        if search is None:  # search cutoffs from the first album
+            paths_by_id = {a.spec.id: str((album.root / a.image).resolve()) for a in album.photos}
+            search = search_settings(index, specs, paths_by_id)
+        answerer = Answerer(model, index, dataclasses.replace(defaults, min_yes=0.0, min_size_margin=-1e9,
+                                                               min_attribute=0.0))
+        answerable += collect_evidence(answerer, album.questions, lambda q: referring_parts(q.question),
+                                       defaults.evidence_top)
+        missing = unanswerable_questions(specs, random.Random(f"calibrate:{seed}"), args.unanswerable)
+        unanswerable += collect_evidence(answerer, missing, lambda q: referring_parts(q.question), defaults.evidence_top)
     top_scores = [r["top_score"] for r in answerable if r["top_score"] is not None]
     min_score = round(float(min(top_scores)) - 0.005, 3)
     answer = answer_settings(answerable, unanswerable, min_score, defaults.evidence_top, args.min_refusal,
                              args.max_false_refusal)
+    seeds = ", ".join(map(str, args.seed))
     out = {
         "fingerprint": model.fingerprint,
         "model": model.name,
-        "calibrated_on": {"album": f"test split, seed {args.seed}, {args.style}, {len(specs)} photos",
+        "calibrated_on": {"album": f"test split, seeds {seeds} (search cutoffs: the first), {args.style}, "
+                                   f"{args.n} photos each",
                           "answerable": len(answerable), "unanswerable": len(unanswerable),
                           "command": "benchmarks/calibrate.py " + " ".join(argv if argv is not None else sys.argv[1:])},
         "search": search["settings"],

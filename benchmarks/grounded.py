@@ -20,6 +20,10 @@ go through app.answer.Answerer, the path the app's chat and `ask` take:
   right for that photo and citing it; ``followup_all_accuracy`` over all of them, a refused first question
   counting as a miss) and ``followup_end_to_end_accuracy`` (right for the photo the first question meant).
 
+Time: ``seconds_per_answer``; with the evidence check on, each answerable question is also answered
+without it right after (``seconds_per_answer_without_check``), and ``check_cost`` is the ratio of the
+two, measured in the same run.
+
 Each wrong answerable question is attributed to the first link that failed: "refused" (the evidence
 check or the threshold turned every photo down), "retrieval" (the right photo was not shown),
 "citation" (shown, not cited first) or "reading" (cited first, wrong answer).
@@ -28,6 +32,7 @@ check or the threshold turned every photo down), "retrieval" (the right photo wa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import re
 import sys
@@ -83,8 +88,6 @@ def parse_args(argv):
 
 def build(args):
     """(album folder, its ground truth, model, index, answerer, config, index report, index seconds)."""
-    import dataclasses
-
     from app.answer import Answerer
     from app.calibration import model_settings
     from app.config import resolve_model
@@ -115,7 +118,9 @@ def answerable(answerer, index, photos, questions, n_examples):
     from app.search import indexed_hit, search
 
     totals, by_type, failures, examples = Counter(), defaultdict(Counter), Counter(), []
-    answering = 0.0
+    answering = unchecked = 0.0
+    checked = answerer.config
+    without_check = dataclasses.replace(checked, check_evidence=False)
     for q in questions:
         right = q.photo_ids[0]
         top = answerer.retrieve(q.question, k=1)
@@ -123,6 +128,12 @@ def answerable(answerer, index, photos, questions, n_examples):
         t0 = time.perf_counter()
         result = answerer.answer(q.question)
         answering += time.perf_counter() - t0
+        if checked.check_evidence:  # the same question without the check, right after: the check's cost
+            answerer.config = without_check
+            t0 = time.perf_counter()
+            answerer.answer(q.question)
+            unchecked += time.perf_counter() - t0
+            answerer.config = checked
         shown = [Path(s.path).stem for s in sorted(result.sources, key=lambda s: s.n or 0)]
         first = Path(result.sources[0].path).stem if result.sources and result.sources[0].cited else None
         row = {
@@ -158,6 +169,9 @@ def answerable(answerer, index, photos, questions, n_examples):
     out["cited_first_right_photo"] = rate(totals["cited_first"], n)
     out["failed_link"] = dict(failures)
     out["seconds_per_answer"] = round(answering / max(1, n), 3)
+    if checked.check_evidence:
+        out["seconds_per_answer_without_check"] = round(unchecked / max(1, n), 3)
+        out["check_cost"] = round(answering / max(unchecked, 1e-9), 2)
     out["by_qtype"] = {t: {"n": c["n"], "answer_accuracy": rate(c["grounded_correct"], c["n"]),
                            "reading_given_right_photo": rate(c["reading_given_right_photo"], c["n"])}
                        for t, c in sorted(by_type.items())}
@@ -257,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "followups": follow,
         "index_seconds": round(index_s, 1),
         "seconds_per_answer": main_set["seconds_per_answer"],
+        "check_cost": main_set.get("check_cost"),
         "total_seconds": round(time.perf_counter() - started, 1),
         "examples_wrong": examples,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -20,6 +21,7 @@ from .forward import multimodal_base
 from .inputs import PromptEncoder, check_images
 from .loading import load_model_and_processor
 from .pooling import pool_last_token
+from .prefix import ImagePrefixes
 
 _FINGERPRINT_SAMPLES = 4096  # values hashed per tensor: enough to tell fine-tunes apart, cheap for 7B
 
@@ -89,6 +91,7 @@ class CafeModel:
         self.dim = language_hidden_size(model.config)
         self.image_crops = resolve_crops(image_crops, self.device)  # how many views of a photo embeddings read
         self._fingerprint: str | None = None
+        self._prefixes: ImagePrefixes | None = None  # set inside sharing_image_prefixes()
 
     @classmethod
     def load(
@@ -198,6 +201,52 @@ class CafeModel:
             raise InputError("reply_logprob needs at least one image")
         return self._replies_logprob([question] * len(images), [reply] * len(images), images, batch_size)
 
+    @contextlib.contextmanager
+    def sharing_image_prefixes(self):
+        """Inside the block, scoring calls (reply_logprob, choice_probabilities) about the same image object
+        run its prompt beginning once for all of them (cafe_core.prefix); the cache is dropped on exit."""
+        outer = self._prefixes
+        self._prefixes = outer or ImagePrefixes(multimodal_base(self.model), self.encoder, self.device, self.dtype)
+        try:
+            yield self
+        finally:
+            self._prefixes = outer
+
+    def _tail_states(self, texts: list[str], images: list, tails: list[int], batch_size: int | None):
+        """Per row r (prompt r about image r): the last hidden states at its last tails[r] + 1 positions and
+        its last tails[r] token ids, so hidden[j] predicts ids[j] and hidden[-1] the token after the prompt.
+
+        Rows about the same image object (several questions about one photo), and every row inside
+        sharing_image_prefixes(), run the image's prompt beginning once (cafe_core.prefix); the others run
+        whole, in batches.
+        """
+        bs = batch_size or self.batch_size
+        out: list = [None] * len(texts)
+        prefixes = self._prefixes or ImagePrefixes(multimodal_base(self.model), self.encoder, self.device, self.dtype)
+        by_image: dict[int, list[int]] = {}
+        for r, image in enumerate(images):
+            by_image.setdefault(id(image), []).append(r)
+        whole: list[int] = []
+        for rows in by_image.values():
+            shared = None
+            if len(rows) > 1 or self._prefixes is not None:
+                shared = prefixes.tail_states([texts[r] for r in rows], images[rows[0]], [tails[r] for r in rows], bs)
+            if shared is None:
+                whole += rows
+            for r, states in zip(rows, shared or ()):
+                out[r] = states
+        base = multimodal_base(self.model)
+        whole.sort()
+        for i in range(0, len(whole), bs):
+            rows = whole[i : i + bs]
+            batch = self.encoder.encode([texts[r] for r in rows], [images[r] for r in rows], device=self.device,
+                                        dtype=self.dtype)
+            hidden = base(**batch).last_hidden_state  # post-norm: what lm_head reads
+            ends = batch["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens are [0, end)
+            for j, (r, end) in enumerate(zip(rows, ends)):
+                out[r] = (hidden[j, end - tails[r] - 1 : end], batch["input_ids"][j, end - tails[r] : end])
+        return out
+
     @torch.inference_mode()
     def _replies_logprob(self, questions: list[str], replies: list[str], images: list, batch_size: int | None) -> list[float]:
         """log P(reply r | question r about image r), summed over reply r's tokens, for each row r."""
@@ -210,20 +259,13 @@ class CafeModel:
                 raise InputError("the reply merges with the prompt's last token; start it with a word")
             texts.append(prompt + reply)
             n_reply.append(len(full) - len(head))
-        bs = batch_size or self.batch_size
-        base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
+        lm_head = self.model.get_output_embeddings()
         out: list[float] = []
-        for i in range(0, len(texts), bs):
-            batch = self.encoder.encode(texts[i : i + bs], images[i : i + bs], device=self.device, dtype=self.dtype)
-            hidden = base(**batch).last_hidden_state  # post-norm: what lm_head reads
-            ends = batch["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens are [0, end)
-            for row, (end, n) in enumerate(zip(ends, n_reply[i : i + bs])):
-                at = torch.arange(end - n, end, device=self.device)  # the reply's tokens
-                # Only the positions that predict the reply go through lm_head: full-sequence logits of a
-                # real checkpoint (152k vocabulary, thousands of image tokens) would not fit in memory.
-                logits = lm_head(hidden[row, at - 1]).float()
-                targets = batch["input_ids"][row, at]
-                out.append(float(torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).sum()))
+        for hidden, targets in self._tail_states(texts, images, n_reply, batch_size):
+            # Only the positions that predict the reply go through lm_head: full-sequence logits of a real
+            # checkpoint (152k vocabulary, thousands of image tokens) would not fit in memory.
+            logits = lm_head(hidden[:-1]).float()
+            out.append(float(torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).sum()))
         return out
 
     @torch.inference_mode()
@@ -250,17 +292,10 @@ class CafeModel:
 
     def _first_token_probabilities(self, questions, images, first: list[int], batch_size) -> np.ndarray:
         """Softmax over the choices' first tokens of the next-token logits after the generation prompt."""
-        bs = batch_size or self.batch_size
-        base, lm_head = multimodal_base(self.model), self.model.get_output_embeddings()
-        out = []
-        for i in range(0, len(questions), bs):
-            texts = [prompts.generation_prompt(q, 1, chat=self.chat) for q in questions[i : i + bs]]
-            batch = self.encoder.encode(texts, images[i : i + bs], device=self.device, dtype=self.dtype)
-            hidden = base(**batch).last_hidden_state
-            last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the prompt's last token
-            logits = lm_head(hidden[torch.arange(len(texts), device=self.device), last]).float()
-            out.append(torch.softmax(logits[:, first], dim=-1).cpu().numpy())
-        return np.concatenate(out)
+        texts = [prompts.generation_prompt(q, 1, chat=self.chat) for q in questions]
+        states = self._tail_states(texts, images, [0] * len(texts), batch_size)
+        logits = self.model.get_output_embeddings()(torch.stack([hidden[-1] for hidden, _ in states])).float()
+        return torch.softmax(logits[:, first], dim=-1).cpu().numpy()
 
     def _whole_reply_probabilities(self, questions, images, replies: list[str], batch_size) -> np.ndarray:
         """Softmax over the choices of log P(the whole reply, closed by the end-of-turn token), so a choice

@@ -18,7 +18,7 @@ from app.answer import (
     OFF_TOPIC, Answer, AnswerConfig, Answerer, Source, Turn, cited_numbers, order_sources,
     select_context,
 )
-from app.evidence import other_size, probe
+from app.evidence import EvidenceChecker, other_size, probe
 from app.photos import load_photo
 from app.search import Hit, QueryError, indexed_hit, search, search_all_of
 from cafe_core import CafeModel, prompts
@@ -223,16 +223,42 @@ def test_evidence_check_refuses_when_no_photo_passes_and_names_what_is_missing(i
     assert [c.path for c in result.closest] == [h.path for h in strict.retrieve(question)[:2]]
     # Checked against the model itself: P(yes) of each probe for each candidate, as the model gives it.
     hits = strict.retrieve(question)[:3]
-    evidence = strict.check(["a red circle", "a small blue square"], hits)
+    evidence = strict.check(["a red circle", "a small blue square"], hits, complete=True)
     direct = tiny_model.choice_probabilities(["Is there a red circle in the photo?"] * 3,
                                              [load_photo(h.path)[0] for h in hits])[:, 0]
     assert [e.p_yes[0] for e in evidence] == pytest.approx(list(direct), abs=1e-5)
     assert all(e.size_margin[0] is None and e.size_margin[1] is not None for e in evidence)
+    # Unless asked to be complete, nothing is asked after a failed probe; the verdicts are the same.
+    quick = strict.check(["a red circle", "a small blue square"], hits)
+    assert [e.passed for e in quick] == [e.passed for e in evidence] and not any(e.shows_all for e in quick)
+    assert all(m is None for e in quick for m in e.size_margin + e.p_attribute)
     # min_yes 0 and any size margin: the best photo passes and is cited.
     lenient = Answerer(tiny_model, index, AnswerConfig(min_score=-1.0, min_yes=0.0, min_size_margin=-1e9,
                                                        rerank_top=0, max_context=1))
     answer = lenient.answer(question)
     assert not answer.refused and [s.path for s in answer.sources] == [hits[0].path]
+
+
+def test_the_quick_evidence_check_gives_the_complete_checks_verdicts(indexed, tiny_model):
+    """Asking only the questions that can still change a verdict (probe, then color, then shape where
+    color fails, then size) decides every (photo, part) as asking everything does, at thresholds that
+    split the values this album gives."""
+    index, _ = indexed
+    parts = ["a red circle", "a small blue square", "a green triangle"]
+    hits = search(index, text="a red circle and a small blue square", k=6)
+    images = [load_photo(h.path)[0] for h in hits]
+    full = EvidenceChecker(tiny_model, 0.0, -1e9, 0.0).check(parts, images, complete=True)
+    p_yes = [p for e in full for p in e.p_yes]
+    attr = [a for e in full for a in e.p_attribute if a is not None]
+    size = [m for e in full for m in e.size_margin if m is not None]
+    assert len(attr) == 3 * len(images) and len(size) == len(images)
+    for q in (0.25, 0.5, 0.75):
+        checker = EvidenceChecker(tiny_model, float(np.quantile(p_yes, q)), float(np.quantile(size, q)),
+                                  float(np.quantile(attr, q)))
+        complete = checker.check(parts, images, complete=True)
+        quick = checker.check(parts, images)
+        assert [e.passed for e in quick] == [e.passed for e in complete]
+        assert any(any(e.passed) for e in complete) and not all(all(e.passed) for e in complete)
 
 
 @pytest.mark.parametrize("question", ["What is the capital of France?", "Hi, how are you?", "Tell me a joke.",

@@ -203,3 +203,32 @@ def test_reply_logprob_matches_the_logits_and_is_batch_invariant(cafe_models, mi
     assert max(single) - min(single) > 1e-4  # the photo is read
     with pytest.raises(Exception, match="empty"):
         model.reply_logprob(question, "  ", mixed_images[:1])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_questions_about_one_photo_run_the_photo_once_and_score_the_same(cafe_models, mixed_images, arch):
+    """Several questions about the same image share its prompt beginning (cafe_core.prefix): the vision
+    encoder runs once per image, and every score equals the one of the prompt run whole."""
+    model = cafe_models[arch]
+    images = mixed_images[:3]  # anyres: blocks of different lengths
+    questions = ["Is there a red circle in the photo?", "What color is the star?", "Is it night?"]
+    runs = []
+    hook = model.family.vision_encoder(model.model).register_forward_hook(lambda *a: runs.append(1))
+    try:
+        whole = np.array([[model.choice_probabilities([q], [im])[0, 0] for q in questions] for im in images])
+        whole_logp = [model.reply_logprob(q, " a red circle", [im])[0] for im in images for q in questions]
+        runs.clear()
+        rows = [(q, im) for im in images for q in questions]  # one call: grouped by image
+        shared = model.choice_probabilities([q for q, _ in rows], [im for _, im in rows])[:, 0].reshape(3, 3)
+        assert len(runs) == len(images)
+        runs.clear()
+        with model.sharing_image_prefixes():  # separate calls, one prefix per image for all of them
+            one_by_one = np.array([[model.choice_probabilities([q], [im])[0, 0] for q in questions] for im in images])
+            shared_logp = [model.reply_logprob(q, " a red circle", [im])[0] for im in images for q in questions]
+        assert len(runs) == len(images)
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(shared, whole, atol=1e-4)
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-4)
+    np.testing.assert_allclose(shared_logp, whole_logp, atol=1e-3)
+    assert np.ptp(whole) > 1e-4  # the questions are read
