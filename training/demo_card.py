@@ -42,7 +42,7 @@ def recipe_markdown(seconds: float | None) -> str:
         lines.append(f"| {i}: {c.loss} | `{path.relative_to(REPO)}` | `{c.base_model}` | `{c.data}` | "
                      f"{c.max_steps} x {c.batch_size} | {c.lr} ({c.vision_lr}) | {c.seed} |")
     lines += ["", "Then `benchmarks/calibrate.py --write` measures the app's thresholds for these weights "
-              "(`app_calibration.json`, on a calibration album of its own: test split, seed 300).", ""]
+              "(`app_calibration.json`, on calibration albums of their own: test split, seeds 300-302).", ""]
     return "\n".join(lines)
 
 
