@@ -10,9 +10,9 @@ one: refusal and false-refusal rates move by several points from one 300-photo a
 settings fitted to one album's luck do not hold on the next (fitted on two albums, checked on the third,
 the previous constraints gave false refusals up to 0.11 on the held-out album, these up to 0.06).
 
-- search.min_text_score (from the first album): the relevance cutoff of text searches. Queries naming one object ("a red
-  circle") and two ("a red circle and a blue star"); a photo is relevant when it shows everything the
-  query names; the cutoff that maximises F1 over each query's 40 best photos.
+- search.min_text_score (from the first album): the relevance cutoff of text searches. Queries naming
+  one object ("a red circle") and two ("a red circle and a blue star"); a photo is relevant when it shows
+  everything the query names; the cutoff that maximises F1 over each query's 40 best photos.
 - search.min_image_score: the same for "more like this" (relevant: shares an object kind).
 - search.composed_text_weight: photo + "on a white background" (relevant: shares a kind with the photo
   and has that background); the weight with the best precision@5.
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = AnswerConfig()
     answerable, unanswerable, search = [], [], None
     for seed in args.seed:
-        folder = work / f"seed-{seed}" if len(args.seed) > 1 else work
+        folder = work / f"seed-{seed}"
         photos = ensure_album(folder / "album", n=args.n, seed=seed, split="test", style=args.style)
         album = read_album(folder / "album")
         specs = [a.spec for a in album.photos]

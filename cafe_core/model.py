@@ -222,7 +222,8 @@ class CafeModel:
         """
         bs = batch_size or self.batch_size
         out: list = [None] * len(texts)
-        prefixes = self._prefixes or ImagePrefixes(multimodal_base(self.model), self.encoder, self.device, self.dtype)
+        base = multimodal_base(self.model)
+        prefixes = self._prefixes or ImagePrefixes(base, self.encoder, self.device, self.dtype)
         by_image: dict[int, list[int]] = {}
         for r, image in enumerate(images):
             by_image.setdefault(id(image), []).append(r)
@@ -235,7 +236,6 @@ class CafeModel:
                 whole += rows
             for r, states in zip(rows, shared or ()):
                 out[r] = states
-        base = multimodal_base(self.model)
         whole.sort()
         for i in range(0, len(whole), bs):
             rows = whole[i : i + bs]
@@ -244,7 +244,8 @@ class CafeModel:
             hidden = base(**batch).last_hidden_state  # post-norm: what lm_head reads
             ends = batch["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens are [0, end)
             for j, (r, end) in enumerate(zip(rows, ends)):
-                out[r] = (hidden[j, end - tails[r] - 1 : end], batch["input_ids"][j, end - tails[r] : end])
+                # Copies, so that the batch's full hidden states are freed with the batch.
+                out[r] = (hidden[j, end - tails[r] - 1 : end].clone(), batch["input_ids"][j, end - tails[r] : end])
         return out
 
     @torch.inference_mode()

@@ -80,7 +80,7 @@ class ImagePrefixes:
                                cache=cache, use_cache=True).last_hidden_state
             for r, (ids, tail) in enumerate(zip(rows, row_tails)):
                 n = len(ids)
-                out.append((hidden[r, n - tail - 1 : n], input_ids[r, n - tail : n].to(self.device)))
+                out.append((hidden[r, n - tail - 1 : n].clone(), input_ids[r, n - tail : n].to(self.device)))
         return out
 
     def _prefix(self, text: str, image: Image.Image) -> _Prefix:
