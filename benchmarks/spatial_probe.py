@@ -6,7 +6,9 @@
 The language model reads a photo as a grid of image tokens (the projector's outputs). For each photo and
 each slot (left / middle / right) this pools the tokens of that slot's third of the columns and fits a
 linear softmax probe to the slot's content: its object's color, shape or size, or "empty". The control
-pools the whole grid instead. Probes are fitted on the --fit album and scored on --data.
+pools the whole grid instead. A last probe reads, from one token alone, which third of the columns it sits
+in: a reader can only find "the left" by content if the tokens carry it (the language model's own 1-D
+positions count tokens row by row). Probes are fitted on the --fit album and scored on --data.
 
 Reading: slot-pooled accuracy well above the whole-image control means the vision side keeps location
 and a reader that answers "What is on the left?" badly fails to use it; near the control means the
@@ -49,23 +51,37 @@ def token_grid(model, image) -> np.ndarray:
     return feats.reshape(g, g, -1)
 
 
-def slot_rows(model, folder: Path, max_photos: int, max_side: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Per (photo, slot): the slot's pooled tokens, the whole grid's pooled tokens, and the slot's labels."""
+TOKENS_PER_PHOTO = 12  # tokens sampled per photo for the column probe
+
+
+def column_slot(column: int, g: int) -> int:
+    """The slot (0 left, 1 middle, 2 right) a grid column of a g-wide grid belongs to, by its centre."""
+    return int((column + 0.5) * 3 / g)
+
+
+def slot_rows(model, folder: Path, max_photos: int, max_side: int) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray, list[str]]:
+    """Per (photo, slot): the slot's pooled tokens, the whole grid's pooled tokens, and the slot's labels;
+    then a sample of single tokens with the third of the columns each sits in."""
     from data.images import load_image
     from data.synth import read_album
 
     album = read_album(folder)
-    slot, whole, labels = [], [], []
+    slot, whole, labels, tokens, columns = [], [], [], [], []
+    rng = np.random.default_rng(0)
     for photo in album.photos[:max_photos]:
         grid = token_grid(model, load_image(album.image_path(photo), max_side))
         g = grid.shape[1]
+        slot_of = np.array([column_slot(c, g) for c in range(g)])
+        for cell in rng.choice(g * g, min(TOKENS_PER_PHOTO, g * g), replace=False):
+            tokens.append(grid[cell // g, cell % g])
+            columns.append(POSITIONS[slot_of[cell % g]])
         by_pos = {o.position: o for o in photo.spec.objects}
         for k, pos in enumerate(POSITIONS):
-            slot.append(grid[:, k * g // 3:(k + 1) * g // 3].mean((0, 1)))
+            slot.append(grid[:, slot_of == k].mean((0, 1)))
             whole.append(grid.mean((0, 1)))
             o = by_pos.get(pos)
             labels.append({t: EMPTY if o is None else getattr(o, t) for t in TARGETS})
-    return np.stack(slot), np.stack(whole), labels
+    return np.stack(slot), np.stack(whole), labels, np.stack(tokens), columns
 
 
 def probe_accuracy(x_fit: np.ndarray, y_fit: list[str], x_test: np.ndarray, y_test: list[str], l2: float = 1e-3) -> float:
@@ -114,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     path = resolve_model(args.model)
     model = CafeModel.load(path, device="auto")
-    s_fit, w_fit, l_fit = slot_rows(model, Path(args.fit), args.max_fit, args.max_side)
-    s_test, w_test, l_test = slot_rows(model, Path(args.data), args.max_photos, args.max_side)
-    out: dict = {"model": path, "fit_slots": len(l_fit), "test_slots": len(l_test)}
+    s_fit, w_fit, l_fit, t_fit, c_fit = slot_rows(model, Path(args.fit), args.max_fit, args.max_side)
+    s_test, w_test, l_test, t_test, c_test = slot_rows(model, Path(args.data), args.max_photos, args.max_side)
+    out: dict = {"model": path, "fit_slots": len(l_fit), "test_slots": len(l_test),
+                 "token_column_accuracy": probe_accuracy(t_fit, c_fit, t_test, c_test),
+                 "majority_column_accuracy": majority(c_fit, c_test)}
     for t in TARGETS:
         y_fit, y_test = [r[t] for r in l_fit], [r[t] for r in l_test]
         out[f"slot_{t}_accuracy"] = probe_accuracy(s_fit, y_fit, s_test, y_test)

@@ -24,6 +24,8 @@ def test_probe_fits_separable_classes_and_counts_unseen_labels_as_misses():
     assert spatial_probe.probe_accuracy(x[:60], y[:60], x[60:], y[60:]) == 1.0
     assert spatial_probe.probe_accuracy(x[:60], y[:60], x[60:], ["green"] * 30) == 0.0
     assert spatial_probe.majority(["a", "a", "b"], ["a", "b", "b", "b"]) == 0.25
+    assert [spatial_probe.column_slot(c, 12) for c in range(12)] == [0] * 4 + [1] * 4 + [2] * 4
+    assert [spatial_probe.column_slot(c, 4) for c in range(4)] == [0, 1, 1, 2]
 
 
 def test_spatial_probe_cli_on_a_tiny_model(tmp_path):
@@ -38,5 +40,6 @@ def test_spatial_probe_cli_on_a_tiny_model(tmp_path):
     out = json.loads(proc.stdout)
     assert (out["fit_slots"], out["test_slots"]) == (360, 120)
     assert out["slot_color_accuracy"] > max(out["whole_image_color_accuracy"], out["majority_color_accuracy"])
+    assert 0.0 <= out["token_column_accuracy"] <= 1.0 and out["majority_column_accuracy"] <= 0.6
     for t in spatial_probe.TARGETS:
         assert 0.0 <= out[f"slot_{t}_accuracy"] <= 1.0
