@@ -118,6 +118,7 @@ class ForwardOutput:
     image_emb: torch.Tensor | None  # (E, D) float32, L2-normalised
     text_emb: torch.Tensor | None
     hard_text_emb: torch.Tensor | None = None  # (H, D): hard negative texts, see TrainBatch.hard_rows
+    image_tokens: list | None = None  # per image: the (positions, D) features the LM reads (shared forward only)
 
 
 def multimodal_base(model):
@@ -218,7 +219,7 @@ def shared_forward(model, batch: TrainBatch, need_lm: bool = True, need_embeddin
         img = pool_last_token(h, batch.image_prompt["attention_mask"])
         h = base(**batch.text_prompt).last_hidden_state
         txt, hard = _split_texts(pool_last_token(h, batch.text_prompt["attention_mask"]), batch)
-    return ForwardOutput(lm, img, txt, hard)
+    return ForwardOutput(lm, img, txt, hard, image_tokens=per_image)
 
 
 def naive_forward(model, batch: TrainBatch, encoder: PromptEncoder, need_lm: bool = True,

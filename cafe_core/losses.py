@@ -153,15 +153,19 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossOutput:
-    """``loss``: the tensor to backpropagate; ``lm_loss`` / ``con_loss``: the unscaled parts (for logs)."""
+    """``loss``: the tensor to backpropagate; ``lm_loss`` / ``con_loss`` / ``position_loss``: the unscaled
+    parts (for logs)."""
 
     loss: torch.Tensor
     lm_loss: torch.Tensor | None
     con_loss: torch.Tensor | None
+    position_loss: torch.Tensor | None = None
 
 
 class CafeLoss(nn.Module):
     """``L = lm_weight * L_lm + con_weight * L_con``; ``mode`` picks CAFe, contrastive-only or LM-only.
+    With ``position_weight`` > 0 a trainer's auxiliary image-token position loss is added
+    (``+ position_weight * L_pos``; training/token_position.py).
 
     ``forward`` returns the tensor that is backpropagated (open_clip ``CoCaLoss`` style). A trainer that
     accumulates micro-batches passes each part's share of the step: ``lm_scale`` (this micro-batch's
@@ -170,11 +174,13 @@ class CafeLoss(nn.Module):
     """
 
     def __init__(self, mode: str = "cafe", con_weight: float = 1.0, lm_weight: float = 1.0, scale: float = LOGIT_SCALE,
-                 rank: int = 0, world_size: int = 1, gather_with_grad: bool = False, hard_negatives: bool = False):
+                 rank: int = 0, world_size: int = 1, gather_with_grad: bool = False, hard_negatives: bool = False,
+                 position_weight: float = 0.0):
         super().__init__()
         if mode not in LOSS_MODES:
             raise ValueError(f"unknown loss mode {mode!r}; choose one of {LOSS_MODES}")
         self.mode, self.con_weight, self.lm_weight = mode, con_weight, lm_weight
+        self.position_weight = position_weight
         self.contrastive = ContrastiveLoss(scale, rank, world_size, gather_with_grad, hard_negatives)
 
     @property
@@ -185,23 +191,29 @@ class CafeLoss(nn.Module):
     def needs_embeddings(self) -> bool:
         return self.mode in ("cafe", "contrastive")
 
-    def combine(self, lm_value=None, con_value=None, lm_scale: float = 1.0, con_scale: float = 1.0):
-        """``lm_weight * lm_scale * L_lm + con_weight * con_scale * L_con`` over the parts this mode uses
-        (tensors or plain numbers; the logged step loss is this with scales 1)."""
+    def combine(self, lm_value=None, con_value=None, lm_scale: float = 1.0, con_scale: float = 1.0,
+                position_value=None):
+        """``lm_weight * lm_scale * L_lm + con_weight * con_scale * L_con`` over the parts this mode uses,
+        ``+ position_weight * con_scale * L_pos`` when given (tensors or plain numbers; the logged step loss
+        is this with scales 1). L_pos, like L_con, is a mean per micro-batch."""
         total = 0.0
         if self.needs_lm:
             total = self.lm_weight * lm_value * lm_scale
         if self.needs_embeddings:
             total = total + self.con_weight * con_value * con_scale
+        if position_value is not None and self.position_weight > 0:
+            total = total + self.position_weight * position_value * con_scale
         return total
 
     def forward(self, lm_logits=None, lm_labels=None, image_emb=None, text_emb=None, text_tags=None, image_tags=None,
                 lm_value: torch.Tensor | None = None, hard_text_emb=None, hard_tags=None, lm_scale: float = 1.0,
-                con_scale: float = 1.0) -> LossOutput:
-        """Either ``lm_logits`` + ``lm_labels`` or a precomputed ``lm_value`` for the LM part."""
+                con_scale: float = 1.0, position_value: torch.Tensor | None = None) -> LossOutput:
+        """Either ``lm_logits`` + ``lm_labels`` or a precomputed ``lm_value`` for the LM part;
+        ``position_value``: the auxiliary position loss of this micro-batch, if the trainer computes one."""
         l_lm = l_con = None
         if self.needs_lm:
             l_lm = lm_value if lm_value is not None else lm_loss(lm_logits, lm_labels)
         if self.needs_embeddings:
             l_con = self.contrastive(image_emb, text_emb, text_tags, image_tags, hard_text_emb, hard_tags)
-        return LossOutput(self.combine(l_lm, l_con, lm_scale, con_scale), l_lm, l_con)
+        total = self.combine(l_lm, l_con, lm_scale, con_scale, position_value)
+        return LossOutput(total, l_lm, l_con, position_value)

@@ -43,6 +43,9 @@ class TrainConfig:
     loss: str = "cafe"  # cafe | contrastive | lm
     con_weight: float = 1.0
     lm_weight: float = 1.0
+    # >0: auxiliary loss that keeps each image token's grid row and column readable from the projector
+    # outputs (training/token_position.py; plain LLaVA, forward: shared); the head is not exported
+    token_position_weight: float = 0.0
     gather_with_grad: bool = False  # see cafe_core.losses (gradient scaling across ranks)
     forward: str = "shared"  # shared (vision once per image) | tree (also one LM pass: prompts share the prefix) | naive (reference)
     # --- parameters
@@ -99,12 +102,14 @@ class TrainConfig:
         if self.batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ConfigError("batch_size, grad_accum and log_every must be >= 1")
         for key in ("lr", "vision_lr", "weight_decay", "con_weight", "lm_weight", "grad_clip", "max_steps",
-                    "save_every", "epochs", "max_seq_len"):
+                    "save_every", "epochs", "max_seq_len", "token_position_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
         for key in ("warmup_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 0 and 1")
+        if self.token_position_weight > 0 and self.forward != "shared":
+            raise ConfigError("token_position_weight needs forward: shared (the pass that keeps the image tokens)")
         if self.max_steps == 0 and self.epochs == 0:
             raise ConfigError("set max_steps or epochs > 0")
         try:

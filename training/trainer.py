@@ -33,6 +33,7 @@ from data.errors import DataFormatError
 from . import parallel
 from .checkpoint import latest_checkpoint, publish_folder, rng_state, save_checkpoint, set_rng_state, truncate_metrics
 from .schedule import lr_factor
+from .token_position import HEAD_LR_FACTOR, TokenPositionHead, grid_side
 from .seqlen import SequenceBudget
 from .config import ConfigError, TrainConfig
 from .modes import apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
@@ -47,10 +48,12 @@ class NonFiniteLoss(RuntimeError):
 class TrainStep(nn.Module):
     """Wraps the model so DDP/FSDP see one forward per micro-step (their hooks need it)."""
 
-    def __init__(self, model, encoder: PromptEncoder, forward: str, need_lm: bool, need_embeddings: bool):
+    def __init__(self, model, encoder: PromptEncoder, forward: str, need_lm: bool, need_embeddings: bool,
+                 position_head: nn.Module | None = None):
         super().__init__()
         self.model, self.encoder = model, encoder
         self.forward_kind, self.need_lm, self.need_embeddings = forward, need_lm, need_embeddings
+        self.position_head = position_head  # training/token_position.py (shared forward only)
 
     def forward(self, batch):
         if self.forward_kind == "naive":
@@ -59,7 +62,10 @@ class TrainStep(nn.Module):
             out = tree_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
         else:
             out = shared_forward(self.model, batch, self.need_lm, self.need_embeddings)
-        return out.lm_loss, out.image_emb, out.text_emb, out.hard_text_emb
+        position = None
+        if self.position_head is not None and out.image_tokens:
+            position = self.position_head(out.image_tokens)
+        return out.lm_loss, out.image_emb, out.text_emb, out.hard_text_emb, position
 
 
 # ---------------------------------------------------------------------- setup helpers
@@ -165,12 +171,21 @@ class Trainer:
         self.encoder = PromptEncoder(self.processor, self.family)
         self.budget = SequenceBudget(self.encoder, cfg.max_seq_len) if cfg.max_seq_len > 0 else None
         self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
-                                gather_with_grad=cfg.gather_with_grad, hard_negatives=cfg.p_hard > 0)
+                                gather_with_grad=cfg.gather_with_grad, hard_negatives=cfg.p_hard > 0,
+                                position_weight=cfg.token_position_weight)
+        self.position_head = None
+        if cfg.token_position_weight > 0:  # throw-away head, trained with the model, never exported
+            self.position_head = TokenPositionHead(model.config.text_config.hidden_size, grid_side(model)).to(self.device)
         self.step_module = parallel.wrap(
-            TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm, self.loss_fn.needs_embeddings),
+            TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm, self.loss_fn.needs_embeddings,
+                      self.position_head),
             cfg.distributed, self.world, self.device, getattr(self.model, "_no_split_modules", None))
         self.fsdp = parallel.is_fsdp(self.step_module)
-        self.optimizer = make_optimizer(param_groups(self.model, cfg, self.family), cfg)
+        groups = param_groups(self.model, cfg, self.family)
+        if self.position_head is not None:
+            groups.append({"params": list(self.position_head.parameters()), "lr": HEAD_LR_FACTOR * cfg.lr,
+                           "weight_decay": 0.0, "name": "position_head"})
+        self.optimizer = make_optimizer(groups, cfg)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(self.dataset) // per_step))
@@ -192,6 +207,8 @@ class Trainer:
         st = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
         parallel.load_optimizer_state(self.step_module, self.optimizer, st["optimizer"], self.rank)
         self.state = st["position"]
+        if self.position_head is not None and "position_head" in st:
+            self.position_head.load_state_dict(st["position_head"])
         rngs = st["rng"]
         set_rng_state(rngs[self.rank] if isinstance(rngs, list) and len(rngs) > self.rank else rngs)
         if self.is_main and "vocab" in st:
@@ -219,6 +236,8 @@ class Trainer:
             return None
         state = {"optimizer": optim, "position": dict(self.state), "rng": rngs, "config": asdict(self.cfg),
                  "vocab": vocab.to_json()}
+        if self.position_head is not None:
+            state["position_head"] = self.position_head.state_dict()
 
         def save_model(folder: Path):
             self.model.save_pretrained(folder, state_dict=weights)
@@ -302,13 +321,13 @@ class Trainer:
             g["lr"] = base * factor
         tokens, step_tokens = self._supervised_tokens(micro_batches)
         local_tokens = max(1, sum(tokens))
-        sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0}
+        sums = {"loss": 0.0, "lm_loss": 0.0, "con_loss": 0.0, "position_loss": 0.0}
         for micro, (batch, position, texts) in enumerate(micro_batches):
             batch.to(self.device, None)
             self.vocab.update(texts)
             with parallel.grad_sync(self.step_module, sync=micro == cfg.grad_accum - 1):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    lm, img, txt, hard = self.step_module(batch)
+                    lm, img, txt, hard, pos = self.step_module(batch)
                 # L_lm is a mean over supervised tokens: weight each micro-batch by its share of the
                 # step's tokens (all micro-batches, all ranks; x world because DDP/FSDP average
                 # gradients over ranks), so batch 4 x accum 2 gives the update of batch 8 x accum 1.
@@ -316,16 +335,19 @@ class Trainer:
                 out = self.loss_fn(image_emb=img, text_emb=txt, text_tags=batch.text_tags,
                                    image_tags=batch.image_tags, lm_value=lm, hard_text_emb=hard,
                                    hard_tags=batch.hard_tags, lm_scale=tokens[micro] * self.world / step_tokens,
-                                   con_scale=1 / cfg.grad_accum)
+                                   con_scale=1 / cfg.grad_accum, position_value=pos)
                 if not self._all_finite(out.loss.detach()):
                     raise NonFiniteLoss(self._nan_message(step))
                 if out.lm_loss is not None:
                     sums["lm_loss"] += out.lm_loss.item() * tokens[micro] / local_tokens
                 if out.con_loss is not None:
                     sums["con_loss"] += out.con_loss.item() / cfg.grad_accum
+                if out.position_loss is not None:
+                    sums["position_loss"] += out.position_loss.item() / cfg.grad_accum
                 out.loss.backward()
             self._samples_since += cfg.batch_size * self.world
-        sums["loss"] = self.loss_fn.combine(sums["lm_loss"], sums["con_loss"])
+        sums["loss"] = self.loss_fn.combine(sums["lm_loss"], sums["con_loss"],
+                                            position_value=sums["position_loss"] if self.position_head is not None else None)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if not self._all_finite(gnorm.detach()):
@@ -341,6 +363,8 @@ class Trainer:
             record.pop("con_loss")
         if self.loss_fn.mode == "contrastive":
             record.pop("lm_loss")
+        if self.position_head is None:
+            record.pop("position_loss")
         if self.budget is not None:
             record.update(self.budget.counts())
         self._log(record)
