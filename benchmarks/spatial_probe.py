@@ -8,7 +8,8 @@ each slot (left / middle / right) this pools the tokens of that slot's third of 
 linear softmax probe to the slot's content: its object's color, shape or size, or "empty". The control
 pools the whole grid instead. A last probe reads, from one token alone, which third of the columns it sits
 in: a reader can only find "the left" by content if the tokens carry it (the language model's own 1-D
-positions count tokens row by row). Probes are fitted on the --fit album and scored on --data.
+positions count tokens row by row); ``token_column_accuracy_by_layer`` shows where on the way through the
+vision tower and the projector that is lost. Probes are fitted on the --fit album and scored on --data.
 
 Reading: slot-pooled accuracy well above the whole-image control means the vision side keeps location
 and a reader that answers "What is on the left?" badly fails to use it; near the control means the
@@ -35,20 +36,27 @@ EMPTY = "empty"
 TARGETS = ("color", "shape", "size")
 
 
-def token_grid(model, image) -> np.ndarray:
-    """(g, g, d) projector outputs of one photo, in raster order."""
+def token_grids(model, image) -> dict[str, np.ndarray]:
+    """(g, g, d) grids of one photo, in raster order: the vision tower's embeddings and each layer's output
+    (``layer_<i>``), then the projector's outputs (what the language model reads, ``projector``)."""
     import torch
 
     hf = model.model
     pixels = model.processor.image_processor([image], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        out = hf.get_image_features(pixel_values=pixels.to(hf.device, hf.dtype))
-    feats = out.pooler_output[0] if hasattr(out, "pooler_output") else out[0]
-    feats = feats.reshape(-1, feats.shape[-1]).float().cpu().numpy()
-    g = int(round(len(feats) ** 0.5))
-    if g * g != len(feats):
-        raise SystemExit(f"{len(feats)} image tokens per photo are not one square grid: this probe reads plain LLaVA-style models")
-    return feats.reshape(g, g, -1)
+        out = hf.get_image_features(pixel_values=pixels.to(hf.device, hf.dtype), output_hidden_states=True)
+    feats = out.pooler_output[0].reshape(-1, out.pooler_output[0].shape[-1])
+    n = len(feats)
+    g = int(round(n ** 0.5))
+    if g * g != n:
+        raise SystemExit(f"{n} image tokens per photo are not one square grid: this probe reads plain LLaVA-style models")
+    grids = {}
+    for i, h in enumerate(out.hidden_states):
+        h = h[0, -n:] if h.shape[1] in (n, n + 1) else None  # a CLS token first (CLIP) is dropped
+        if h is not None:
+            grids["embeddings" if i == 0 else f"layer_{i}"] = h.float().cpu().numpy().reshape(g, g, -1)
+    grids["projector"] = feats.float().cpu().numpy().reshape(g, g, -1)
+    return grids
 
 
 TOKENS_PER_PHOTO = 12  # tokens sampled per photo for the column probe
@@ -59,21 +67,23 @@ def column_slot(column: int, g: int) -> int:
     return int((column + 0.5) * 3 / g)
 
 
-def slot_rows(model, folder: Path, max_photos: int, max_side: int) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray, list[str]]:
-    """Per (photo, slot): the slot's pooled tokens, the whole grid's pooled tokens, and the slot's labels;
-    then a sample of single tokens with the third of the columns each sits in."""
+def slot_rows(model, folder: Path, max_photos: int, max_side: int) -> tuple[np.ndarray, np.ndarray, list[dict], dict, list[str]]:
+    """Per (photo, slot): the slot's pooled projector outputs, the whole grid's, and the slot's labels;
+    then a sample of single tokens, per layer (token_grids' names), with the third of the columns each sits in."""
     from data.images import load_image
     from data.synth import read_album
 
     album = read_album(folder)
-    slot, whole, labels, tokens, columns = [], [], [], [], []
+    slot, whole, labels, tokens, columns = [], [], [], {}, []
     rng = np.random.default_rng(0)
     for photo in album.photos[:max_photos]:
-        grid = token_grid(model, load_image(album.image_path(photo), max_side))
+        grids = token_grids(model, load_image(album.image_path(photo), max_side))
+        grid = grids["projector"]
         g = grid.shape[1]
         slot_of = np.array([column_slot(c, g) for c in range(g)])
         for cell in rng.choice(g * g, min(TOKENS_PER_PHOTO, g * g), replace=False):
-            tokens.append(grid[cell // g, cell % g])
+            for name, layer in grids.items():
+                tokens.setdefault(name, []).append(layer[cell // g, cell % g])
             columns.append(POSITIONS[slot_of[cell % g]])
         by_pos = {o.position: o for o in photo.spec.objects}
         for k, pos in enumerate(POSITIONS):
@@ -81,7 +91,7 @@ def slot_rows(model, folder: Path, max_photos: int, max_side: int) -> tuple[np.n
             whole.append(grid.mean((0, 1)))
             o = by_pos.get(pos)
             labels.append({t: EMPTY if o is None else getattr(o, t) for t in TARGETS})
-    return np.stack(slot), np.stack(whole), labels, np.stack(tokens), columns
+    return np.stack(slot), np.stack(whole), labels, {k: np.stack(v) for k, v in tokens.items()}, columns
 
 
 def probe_accuracy(x_fit: np.ndarray, y_fit: list[str], x_test: np.ndarray, y_test: list[str], l2: float = 1e-3) -> float:
@@ -132,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     model = CafeModel.load(path, device="auto")
     s_fit, w_fit, l_fit, t_fit, c_fit = slot_rows(model, Path(args.fit), args.max_fit, args.max_side)
     s_test, w_test, l_test, t_test, c_test = slot_rows(model, Path(args.data), args.max_photos, args.max_side)
-    out: dict = {"model": path, "fit_slots": len(l_fit), "test_slots": len(l_test),
-                 "token_column_accuracy": probe_accuracy(t_fit, c_fit, t_test, c_test),
-                 "majority_column_accuracy": majority(c_fit, c_test)}
+    shown = Path(path).resolve().relative_to(REPO).as_posix() if Path(path).resolve().is_relative_to(REPO) else path
+    out: dict = {"model": shown, "fit_slots": len(l_fit), "test_slots": len(l_test),
+                 "token_column_accuracy": probe_accuracy(t_fit["projector"], c_fit, t_test["projector"], c_test),
+                 "majority_column_accuracy": majority(c_fit, c_test),
+                 "token_column_accuracy_by_layer": {name: round(probe_accuracy(t_fit[name], c_fit, t_test[name], c_test), 4)
+                                                    for name in t_fit}}
     for t in TARGETS:
         y_fit, y_test = [r[t] for r in l_fit], [r[t] for r in l_test]
         out[f"slot_{t}_accuracy"] = probe_accuracy(s_fit, y_fit, s_test, y_test)

@@ -41,5 +41,9 @@ def test_spatial_probe_cli_on_a_tiny_model(tmp_path):
     assert (out["fit_slots"], out["test_slots"]) == (360, 120)
     assert out["slot_color_accuracy"] > max(out["whole_image_color_accuracy"], out["majority_color_accuracy"])
     assert 0.0 <= out["token_column_accuracy"] <= 1.0 and out["majority_column_accuracy"] <= 0.6
+    layers = out["token_column_accuracy_by_layer"]
+    assert list(layers)[0] == "embeddings" and list(layers)[-1] == "projector"
+    assert layers["projector"] == out["token_column_accuracy"]
+    assert layers["embeddings"] > out["majority_column_accuracy"]  # position embeddings are added there
     for t in spatial_probe.TARGETS:
         assert 0.0 <= out[f"slot_{t}_accuracy"] <= 1.0
