@@ -1,5 +1,6 @@
-"""``python -m training train|eval|pretrain-vision``: the CAFe trainer, its evaluation, and vision-tower
-pretraining for from-scratch models (see training/vision_pretrain.py)."""
+"""``python -m training train|eval|pretrain-vision|add-feature-layers``: the CAFe trainer, its evaluation,
+vision-tower pretraining for from-scratch models (training/vision_pretrain.py), and widening a LLaVA
+projector to more vision layers (training/feature_layers.py)."""
 
 from __future__ import annotations
 
@@ -65,17 +66,33 @@ def _pretrain_vision(argv: list[str]) -> int:
     return 0
 
 
+def _add_feature_layers(argv: list[str]) -> int:
+    from cafe_core.errors import CafeError
+
+    from .config import ConfigError
+    from .feature_layers import main as widen
+
+    try:
+        return widen(argv)
+    except (ConfigError, CafeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not argv or argv[0] not in ("train", "eval", "pretrain-vision"):
-        print("usage: python -m training {train,eval,pretrain-vision} ...  (--help after the command for its options)",
+    commands = ("train", "eval", "pretrain-vision", "add-feature-layers")
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m training {{{','.join(commands)}}} ...  (--help after the command for its options)",
               file=sys.stderr)
         return 2
     if argv[0] == "train":
         return _train(argv[1:])
     if argv[0] == "pretrain-vision":
         return _pretrain_vision(argv[1:])
+    if argv[0] == "add-feature-layers":
+        return _add_feature_layers(argv[1:])
     from .evaluate import main as eval_main
 
     return eval_main(argv[1:])
