@@ -4,11 +4,13 @@
 readable from the vision tower's embeddings (0.99, position embeddings added there), fades through its
 layers (0.64 after the last, which is all the projector reads) and the projector keeps 0.41 of it
 (majority 0.34). LLaVA's ``vision_feature_layer`` may be a list: the projector then reads those layers'
-outputs side by side. This adds layers to that list and widens the projector's first linear layer with
-**zero** weights for them, so the new folder answers and embeds exactly as the old one until training
-uses the new inputs. The result is a standard ``LlavaForConditionalGeneration`` folder.
+outputs side by side. This adds layers to that list and widens the projector's first linear layer for
+them, with **zero** weights by default, so the new folder answers and embeds exactly as the old one until
+training uses the new inputs; ``--init-scale`` draws them at that fraction of the old weights' spread
+instead (zero weights get no useful gradient while nothing downstream reads position yet; small random
+ones pass some of it on at once). The result is a standard ``LlavaForConditionalGeneration`` folder.
 
-    python -m training add-feature-layers runs/demo-stage5/final runs/demo-wide/base --layer 0
+    python -m training add-feature-layers runs/demo-stage5/final runs/demo-wide/base --layer 0 [--init-scale 0.3]
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ def feature_layers(config) -> list[int]:
     return [layers] if isinstance(layers, int) else list(layers)
 
 
-def add_feature_layers(model, layers: list[int]):
-    """Append ``layers`` to ``model``'s vision_feature_layer (in place) and zero-widen its projector."""
+def add_feature_layers(model, layers: list[int], init_scale: float = 0.0, seed: int = 0):
+    """Append ``layers`` to ``model``'s vision_feature_layer (in place) and widen its projector: the new
+    input weights are zero, or normal with ``init_scale`` x the old weights' standard deviation."""
     if model.config.model_type != "llava":
         raise ConfigError(f"add-feature-layers reads plain LLaVA projectors; this is {model.config.model_type}")
     old = feature_layers(model.config)
@@ -43,6 +46,10 @@ def add_feature_layers(model, layers: list[int]):
                            device=proj.weight.device, dtype=proj.weight.dtype)
     with torch.no_grad():
         wide.weight.zero_()
+        if init_scale > 0:
+            gen = torch.Generator().manual_seed(seed)
+            std = init_scale * proj.weight.float().std().item()
+            wide.weight[:, proj.in_features:] = torch.randn(wide.weight[:, proj.in_features:].shape, generator=gen) * std
         wide.weight[:, :proj.in_features] = proj.weight
         if proj.bias is not None:
             wide.bias.copy_(proj.bias)
@@ -61,10 +68,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("out", help="folder to write (replaced atomically)")
     ap.add_argument("--layer", type=int, action="append", required=True,
                     help="vision hidden state to add (0: the embeddings; repeatable)")
+    ap.add_argument("--init-scale", type=float, default=0.0,
+                    help="new weights ~ N(0, (scale x old weights' std)^2); 0 (default): zero, nothing changes")
     args = ap.parse_args(argv)
+    if args.init_scale < 0:
+        raise ConfigError("--init-scale must be >= 0")
     model, processor = load_model_and_processor(args.model, "cpu", "float32")
     dtype = next(model.parameters()).dtype
-    add_feature_layers(model, args.layer)
+    add_feature_layers(model, args.layer, args.init_scale)
 
     def write(folder: Path):
         model.to(dtype).save_pretrained(folder)

@@ -32,6 +32,17 @@ def test_cli_widens_the_projector_and_changes_nothing_the_model_does(tiny_base, 
         after.generate("What is on the left?", images[:1], max_new_tokens=4)
 
 
+def test_init_scale_draws_the_new_weights_at_that_fraction_of_the_old_spread(tiny_base):
+    from cafe_core.loading import load_model_and_processor
+
+    model, _ = load_model_and_processor(str(tiny_base), "cpu", "float32")
+    old = model.model.multi_modal_projector.linear_1.weight.detach().clone()
+    add_feature_layers(model, [0], init_scale=2.0)
+    new = model.model.multi_modal_projector.linear_1.weight.detach()
+    assert (new[:, :old.shape[1]] == old).all()
+    assert new[:, old.shape[1]:].std().item() == pytest.approx(2.0 * old.std().item(), rel=0.1)
+
+
 def test_refuses_layers_it_cannot_add(tiny_base, tmp_path, capsys):
     from cafe_core.loading import load_model_and_processor
 
