@@ -67,6 +67,14 @@ def set_args(values: dict) -> list[str]:
     return args
 
 
+def run_benchmark(script: str, args: list[str], timeout: int = 300) -> dict:
+    """``benchmarks/<script>`` ARGS as a real process; its JSON output (the run must succeed)."""
+    proc = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=child_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
 def run_cli(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     """``python -m training <args>`` as a real process."""
     return subprocess.run([PYTHON, "-m", "training", *args], cwd=REPO, env=child_env(), capture_output=True,

@@ -4,20 +4,15 @@ reports are computed over the right pairs, and the CLI prints them as one JSON o
 from __future__ import annotations
 
 import json
-import subprocess
 
-from .conftest import PYTHON, REPO, child_env
+from .conftest import run_benchmark
 
 
 def test_embedding_probe_prints_text_and_image_statistics(tmp_path):
     from data.synth import write_album
 
     album = write_album(tmp_path / "album", n=40, seed=21, split="test", short_side=96).out_dir
-    proc = subprocess.run([PYTHON, str(REPO / "benchmarks" / "embedding_probe.py"), "--model", "tiny:llava",
-                           "--data", str(album), "--max-side", "96"],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    out = run_benchmark("embedding_probe.py", ["--model", "tiny:llava", "--data", str(album), "--max-side", "96"])
     gt = json.loads((album / "ground_truth.json").read_text())["photos"]
     assert out["one_object_photos"] == sum(len(p["objects"]) == 1 for p in gt) > 0
     # Different words give different embeddings even at random init; cosines stay in range.

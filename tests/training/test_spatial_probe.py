@@ -4,13 +4,11 @@ keeps colors where they are, even at random init)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 import numpy as np
 
-from .conftest import PYTHON, REPO, child_env
+from .conftest import REPO, run_benchmark
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import spatial_probe  # noqa: E402
@@ -33,11 +31,8 @@ def test_spatial_probe_cli_on_a_tiny_model(tmp_path):
 
     fit = write_album(tmp_path / "fit", n=120, seed=21, split="train", short_side=96).out_dir
     test = write_album(tmp_path / "test", n=40, seed=22, split="test", short_side=96).out_dir
-    proc = subprocess.run([PYTHON, str(REPO / "benchmarks" / "spatial_probe.py"), "--model", "tiny:llava",
-                           "--fit", str(fit), "--data", str(test), "--max-side", "96"],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    out = run_benchmark("spatial_probe.py", ["--model", "tiny:llava", "--fit", str(fit), "--data", str(test),
+                                             "--max-side", "96"])
     assert (out["fit_slots"], out["test_slots"]) == (360, 120)
     assert out["slot_color_accuracy"] > max(out["whole_image_color_accuracy"], out["majority_color_accuracy"])
     assert 0.0 <= out["token_column_accuracy"] <= 1.0 and out["majority_column_accuracy"] <= 0.6
