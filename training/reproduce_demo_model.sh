@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces models/cafe-tiny-sampleworld from nothing, with this repository's trainer only (CPU, 2 cores;
 # see the model card for the measured time). Each stage resumes from its last checkpoint if interrupted:
-# just run the script again. (training/configs/experiments/ holds a stage 6 that was tried and not shipped.)
+# just run the script again. (training/configs/experiments/ holds stage-6 runs that were tried and not shipped.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
