@@ -110,6 +110,9 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 0 and 1")
         if self.token_position_weight > 0 and self.forward != "shared":
             raise ConfigError("token_position_weight needs forward: shared (the pass that keeps the image tokens)")
+        if self.token_position_weight > 0 and self.distributed == "fsdp":
+            raise ConfigError("token_position_weight is not supported with distributed: fsdp (its head would be sharded "
+                              "into the exported weights); use ddp")
         if self.max_steps == 0 and self.epochs == 0:
             raise ConfigError("set max_steps or epochs > 0")
         try:

@@ -8,7 +8,8 @@ outputs side by side. This adds layers to that list and widens the projector's f
 them, with **zero** weights by default, so the new folder answers and embeds exactly as the old one until
 training uses the new inputs; ``--init-scale`` draws them at that fraction of the old weights' spread
 instead (zero weights get no useful gradient while nothing downstream reads position yet; small random
-ones pass some of it on at once). The result is a standard ``LlavaForConditionalGeneration`` folder.
+ones pass some of it on at once). The result is a standard ``LlavaForConditionalGeneration`` folder, in
+float32 (it is a base for training).
 
     python -m training add-feature-layers runs/demo-stage5/final runs/demo-wide/base --layer 0 [--init-scale 0.3]
 """
@@ -74,11 +75,10 @@ def main(argv: list[str]) -> int:
     if args.init_scale < 0:
         raise ConfigError("--init-scale must be >= 0")
     model, processor = load_model_and_processor(args.model, "cpu", "float32")
-    dtype = next(model.parameters()).dtype
     add_feature_layers(model, args.layer, args.init_scale)
 
     def write(folder: Path):
-        model.to(dtype).save_pretrained(folder)
+        model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
     publish_folder(Path(args.out), write)

@@ -49,7 +49,8 @@ def test_grid_side_reads_plain_llava_and_refuses_other_token_layouts():
 
 
 @pytest.mark.parametrize("bad, match", [({"token_position_weight": -1.0}, ">= 0"),
-                                        ({"token_position_weight": 1.0, "forward": "tree"}, "forward: shared")])
+                                        ({"token_position_weight": 1.0, "forward": "tree"}, "forward: shared"),
+                                        ({"token_position_weight": 1.0, "distributed": "fsdp"}, "use ddp")])
 def test_config_refuses_what_the_position_loss_cannot_do(bad, match, tmp_path):
     values = {**settings(tmp_path, tmp_path / "out"), **bad}
     with pytest.raises(ConfigError, match=match):
