@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.config import apply_quiet_env  # noqa: E402
+from data.formats import relative_path  # noqa: E402
 from data.world import NOTHING_ANSWER, POSITION_QUESTIONS, object_phrase  # noqa: E402
 
 KINDS = ("exact", "object_for_empty_slot", "nothing_for_full_slot", "other_object", "wrong_size",
@@ -78,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             overall[kind] += 1
             per_slot[pos][kind] += 1
     total = sum(overall.values())
-    shown = Path(path).resolve().relative_to(REPO).as_posix() if Path(path).resolve().is_relative_to(REPO) else path
-    out = {"model": shown, "data": args.data, "questions": total,
+    out = {"model": relative_path(path, REPO), "data": args.data, "questions": total,
            "accuracy": round(overall["exact"] / max(1, total), 4),
            "counts": {k: overall[k] for k in KINDS},
            "per_slot": {pos: {k: c[k] for k in KINDS} for pos, c in per_slot.items()}}

@@ -1,6 +1,8 @@
 """Do the image tokens know where things are? Prints JSON.
 
     .venv/bin/python benchmarks/spatial_probe.py                # shipped model; train7 to fit, test to score
+    # the albums: python -m data synth runs/demo-data/train7 --n 8000 --seed 8 --split train --style mixed
+    #             python -m data synth runs/demo-data/test --n 400 --seed 3 --split test
     .venv/bin/python benchmarks/spatial_probe.py --model PATH --fit runs/demo-data/train --data runs/demo-data/test
 
 The language model reads a photo as a grid of image tokens (the projector's outputs). For each photo and
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.config import apply_quiet_env  # noqa: E402
+from data.formats import relative_path  # noqa: E402
 from data.world import POSITIONS  # noqa: E402
 
 EMPTY = "empty"
@@ -142,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     model = CafeModel.load(path, device="auto")
     s_fit, w_fit, l_fit, t_fit, c_fit = slot_rows(model, Path(args.fit), args.max_fit, args.max_side)
     s_test, w_test, l_test, t_test, c_test = slot_rows(model, Path(args.data), args.max_photos, args.max_side)
-    shown = Path(path).resolve().relative_to(REPO).as_posix() if Path(path).resolve().is_relative_to(REPO) else path
-    out: dict = {"model": shown, "fit_slots": len(l_fit), "test_slots": len(l_test),
+    out: dict = {"model": relative_path(path, REPO), "fit_slots": len(l_fit), "test_slots": len(l_test),
                  "token_column_accuracy": probe_accuracy(t_fit["projector"], c_fit, t_test["projector"], c_test),
                  "majority_column_accuracy": majority(c_fit, c_test),
                  "token_column_accuracy_by_layer": {name: round(probe_accuracy(t_fit[name], c_fit, t_test[name], c_test), 4)

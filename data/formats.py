@@ -93,7 +93,7 @@ def _resolve(image: str, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
     """path relative to root when it lies under root (POSIX separators), else absolute."""
     try:
         return Path(os.path.relpath(path, root)).as_posix() if Path(path).resolve().is_relative_to(root.resolve()) else str(path)
@@ -183,7 +183,7 @@ def llava_item(rec: Record, image_root: Path) -> dict:
         conv.append({"from": _LLAVA_ROLE[t.role], "value": value})
     item: dict[str, Any] = {"id": rec.id}
     if rec.image_path is not None:
-        item["image"] = _relative(rec.image_path, image_root)
+        item["image"] = relative_path(rec.image_path, image_root)
     if rec.caption:
         item["caption"] = rec.caption
     item["conversations"] = conv
@@ -268,7 +268,7 @@ def _pair_rows(records: Iterable[Record], root: Path) -> Iterator[dict]:
         cap = r.contrastive_caption
         if r.image_path is None or not cap:
             raise ValueError(f"record {r.id!r} needs an image and a caption to be written as a pair")
-        yield {"id": r.id, "image": _relative(r.image_path, root), "caption": cap}
+        yield {"id": r.id, "image": relative_path(r.image_path, root), "caption": cap}
 
 
 def write_jsonl_pairs(records: Iterable[Record], path: str | Path, image_root: str | Path | None = None) -> Path:

@@ -36,9 +36,11 @@ def add_feature_layers(model, layers: list[int], init_scale: float = 0.0, seed: 
         raise ConfigError(f"add-feature-layers reads plain LLaVA projectors; this is {model.config.model_type}")
     old = feature_layers(model.config)
     n_hidden = model.config.vision_config.num_hidden_layers + 1  # the embeddings, then each layer
+    read = {layer % n_hidden for layer in old}  # -1 and n_hidden - 1 are the same layer
     for layer in layers:
-        if layer in old or not -n_hidden <= layer < n_hidden:
+        if not -n_hidden <= layer < n_hidden or layer % n_hidden in read:
             raise ConfigError(f"layer {layer}: already read, or not one of the tower's {n_hidden} hidden states")
+        read.add(layer % n_hidden)
     proj = model.model.multi_modal_projector.linear_1
     width = model.config.vision_config.hidden_size
     if proj.in_features != width * len(old):

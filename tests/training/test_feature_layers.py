@@ -47,8 +47,10 @@ def test_refuses_layers_it_cannot_add(tiny_base, tmp_path, capsys):
     from cafe_core.loading import load_model_and_processor
 
     model, _ = load_model_and_processor(str(tiny_base), "cpu", "float32")
-    with pytest.raises(ConfigError, match="already read"):
-        add_feature_layers(model, [-1])
+    last = model.config.vision_config.num_hidden_layers  # the same hidden state as -1
+    for layers in ([-1], [last], [0, 0]):
+        with pytest.raises(ConfigError, match="already read"):
+            add_feature_layers(model, layers)
     with pytest.raises(ConfigError, match="hidden states"):
         add_feature_layers(model, [99])
     assert main(["add-feature-layers", "tiny:llava-onevision", str(tmp_path / "x"), "--layer", "0"]) == 2
