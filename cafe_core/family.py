@@ -56,6 +56,11 @@ class Family:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         return getattr(base.model, self.vision_module)
 
+    def projector(self, model):
+        """The projector module (vision features -> language-model tokens) of a loaded (possibly peft-wrapped) model."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return getattr(base.model, self.projector_module)
+
 
 LLAVA = Family("llava", ("llava", "llava_onevision", "llava_next"), CHATML,
                vision_module="vision_tower", projector_module="multi_modal_projector", language_module="language_model")

@@ -46,6 +46,9 @@ class TrainConfig:
     # >0: auxiliary loss that keeps each image token's grid row and column readable from the projector
     # outputs (training/token_position.py; plain LLaVA, forward: shared); the head is not exported
     token_position_weight: float = 0.0
+    # where that loss's gradient goes: "tower" (projector and vision tower) or "projector" (the head reads the
+    # projector re-applied to the tower's detached outputs, so only the projector learns to keep the place)
+    token_position_reach: str = "tower"
     gather_with_grad: bool = False  # see cafe_core.losses (gradient scaling across ranks)
     forward: str = "shared"  # shared (vision once per image) | tree (also one LM pass: prompts share the prefix) | naive (reference)
     # --- parameters
@@ -92,7 +95,7 @@ class TrainConfig:
             "loss": ("cafe", "contrastive", "lm"), "forward": ("shared", "tree", "naive"), "mode": ("full", "lora", "qlora"),
             "optim": ("adamw", "adamw8bit"), "schedule": ("cosine", "constant"), "augment": ("none", "sampleworld"),
             "precision": ("auto", "fp32", "bf16", "fp16"), "distributed": ("ddp", "fsdp"),
-            "save_dtype": ("float32", "bfloat16", "float16"),
+            "save_dtype": ("float32", "bfloat16", "float16"), "token_position_reach": ("tower", "projector"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -9,6 +9,11 @@ projector outputs (two softmaxes over the grid side) and its cross-entropy is ad
 of the exported model: inference is unchanged. As a 200-step fine-tune of the shipped model (lr 1e-4) it
 moved nothing (README, "What we tried and learned"); it is meant for from-scratch recipes.
 
+Its gradient reaches the projector and the vision tower (``token_position_reach: tower``) or the projector
+alone (``projector``: ``ProjectorInputs`` records what the projector read and the head sees the projector
+re-applied to it detached). From scratch at weight 0.5, the tower-wide gradient turned the tower to position
+and shapes were not learned (recipe v2, README); the projector-only reach leaves the tower to the other losses.
+
 Only families whose photo is one square grid of image tokens (plain LLaVA) are supported.
 """
 
@@ -33,6 +38,34 @@ def grid_side(model) -> int:
                           f"{model_type} packs its image tokens differently")
     vc = model.config.vision_config
     return vc.image_size // vc.patch_size
+
+
+class ProjectorInputs:
+    """Context manager that records the projector's input during a forward (a pre-hook; removed on exit), and
+    gives the head the same tokens with the gradient stopped at the projector."""
+
+    def __init__(self, projector: nn.Module):
+        self.projector = projector
+        self.inputs: list[torch.Tensor] = []
+
+    def __enter__(self) -> "ProjectorInputs":
+        self._handle = self.projector.register_forward_pre_hook(lambda _module, args: self.inputs.append(args[0]))
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+    def detached_tokens(self, like: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The projector re-applied to its recorded inputs, detached, split per image as ``like`` (the tokens the
+        language model read); a clear error if they do not line up."""
+        if len(self.inputs) != 1:
+            raise RuntimeError(f"the projector ran {len(self.inputs)} times in one forward; expected once")
+        out = self.projector(self.inputs[0].detach())
+        flat = out.reshape(-1, out.shape[-1])
+        counts = [t.shape[0] for t in like]
+        if flat.shape[0] != sum(counts):
+            raise RuntimeError(f"the projector gave {flat.shape[0]} tokens for {sum(counts)} image tokens")
+        return list(torch.split(flat, counts))
 
 
 class TokenPositionHead(nn.Module):

@@ -33,7 +33,7 @@ from data.errors import DataFormatError
 from . import parallel
 from .checkpoint import latest_checkpoint, publish_folder, rng_state, save_checkpoint, set_rng_state, truncate_metrics
 from .schedule import lr_factor
-from .token_position import HEAD_LR_FACTOR, TokenPositionHead, grid_side
+from .token_position import HEAD_LR_FACTOR, ProjectorInputs, TokenPositionHead, grid_side
 from .seqlen import SequenceBudget
 from .config import ConfigError, TrainConfig
 from .modes import apply_mode, make_optimizer, param_groups, prepare_quantized, preflight
@@ -49,22 +49,33 @@ class TrainStep(nn.Module):
     """Wraps the model so DDP/FSDP see one forward per micro-step (their hooks need it)."""
 
     def __init__(self, model, encoder: PromptEncoder, forward: str, need_lm: bool, need_embeddings: bool,
-                 position_head: nn.Module | None = None):
+                 position_head: nn.Module | None = None, position_projector: nn.Module | None = None):
         super().__init__()
         self.model, self.encoder = model, encoder
         self.forward_kind, self.need_lm, self.need_embeddings = forward, need_lm, need_embeddings
         self.position_head = position_head  # training/token_position.py (shared forward only)
+        # set: the head's gradient stops at this projector (token_position_reach: projector); a plain attribute,
+        # not a submodule (it is already the model's)
+        self.__dict__["position_projector"] = position_projector
+
+    def _forward(self, batch):
+        if self.forward_kind == "naive":
+            return naive_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
+        if self.forward_kind == "tree":
+            return tree_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
+        return shared_forward(self.model, batch, self.need_lm, self.need_embeddings)
 
     def forward(self, batch):
-        if self.forward_kind == "naive":
-            out = naive_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
-        elif self.forward_kind == "tree":
-            out = tree_forward(self.model, batch, self.encoder, self.need_lm, self.need_embeddings)
-        else:
-            out = shared_forward(self.model, batch, self.need_lm, self.need_embeddings)
         position = None
-        if self.position_head is not None and out.image_tokens:
-            position = self.position_head(out.image_tokens)
+        if self.position_head is not None and self.position_projector is not None:
+            with ProjectorInputs(self.position_projector) as recorded:
+                out = self._forward(batch)
+            if out.image_tokens:
+                position = self.position_head(recorded.detached_tokens(out.image_tokens))
+        else:
+            out = self._forward(batch)
+            if self.position_head is not None and out.image_tokens:
+                position = self.position_head(out.image_tokens)
         return out.lm_loss, out.image_emb, out.text_emb, out.hard_text_emb, position
 
 
@@ -173,12 +184,14 @@ class Trainer:
         self.loss_fn = CafeLoss(cfg.loss, cfg.con_weight, cfg.lm_weight, rank=self.rank, world_size=self.world,
                                 gather_with_grad=cfg.gather_with_grad, hard_negatives=cfg.p_hard > 0,
                                 position_weight=cfg.token_position_weight)
-        self.position_head = None
+        self.position_head = position_projector = None
         if cfg.token_position_weight > 0:  # throw-away head, trained with the model, never exported
             self.position_head = TokenPositionHead(model.config.text_config.hidden_size, grid_side(model)).to(self.device)
+            if cfg.token_position_reach == "projector":
+                position_projector = self.family.projector(self.model)
         self.step_module = parallel.wrap(
             TrainStep(self.model, self.encoder, cfg.forward, self.loss_fn.needs_lm, self.loss_fn.needs_embeddings,
-                      self.position_head),
+                      self.position_head, position_projector),
             cfg.distributed, self.world, self.device, getattr(self.model, "_no_split_modules", None))
         self.fsdp = parallel.is_fsdp(self.step_module)
         groups = param_groups(self.model, cfg, self.family)

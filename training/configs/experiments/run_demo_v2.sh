@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# Issue #14, recipe v2 (not shipped): the shipped recipe's stages 0-2 with the position fixes from the start
-# (demo-v2-stage1-lm.yaml says which, why, and what came of it). Resumable like
-# training/reproduce_demo_model.sh: run it again after an interruption. Stage 0 and the albums are the
-# shipped recipe's own (same folders, same seeds).
+# Issue #14, recipes v2 and v3 (not shipped): the shipped recipe's stages 0-2 with the position fixes from the
+# start. Usage: run_demo_v2.sh [v2|v3]
+#   v2: demo-v2-stage{1,2}-*.yaml as written (they say which fixes, why, and what came of it: the auxiliary
+#       token-position loss's gradient reached the whole vision tower, which turned to position and stopped
+#       learning shapes);
+#   v3: the same with that gradient stopped at the projector (token_position_reach: projector).
+# Resumable like training/reproduce_demo_model.sh: run it again after an interruption. STOP_AT=N stops stage 2
+# at step N (its schedule stays that of 3000 steps). Stage 0 and the albums are the shipped recipe's own (same
+# folders, same seeds).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
 EXP=training/configs/experiments
+V=${1:-v2}
+case $V in
+  v2) REACH=tower ;;
+  v3) REACH=projector ;;
+  *) echo "usage: $0 [v2|v3]" >&2; exit 2 ;;
+esac
 mkdir -p runs/demo-data
 [ -f runs/demo-data/train/ground_truth.json ] || $PY -m data synth runs/demo-data/train --n 12000 --seed 1 --split train
 [ -f runs/demo-data/test/ground_truth.json ] || $PY -m data synth runs/demo-data/test --n 400 --seed 3 --split test
 [ -f runs/demo-stage0/final/config.json ] || $PY -m training pretrain-vision --config training/configs/demo-stage0-vision.yaml --resume
 [ -f runs/demo-v2-stage0-wide/config.json ] || $PY -m training add-feature-layers runs/demo-stage0/final runs/demo-v2-stage0-wide --layer 0 --init-scale 10
-[ -f runs/demo-v2-stage1/final/config.json ] || $PY -m training train --config $EXP/demo-v2-stage1-lm.yaml --resume
-[ -f runs/demo-v2-stage2/final/config.json ] || $PY -m training train --config $EXP/demo-v2-stage2-cafe.yaml --resume
-echo "runs/demo-v2-stage2/final written"
+[ -f runs/demo-$V-stage1/final/config.json ] || $PY -m training train --config $EXP/demo-v2-stage1-lm.yaml --resume \
+  --set token_position_reach=$REACH --set out_dir=runs/demo-$V-stage1
+[ -f runs/demo-$V-stage2/final/config.json ] || $PY -m training train --config $EXP/demo-v2-stage2-cafe.yaml --resume \
+  --set token_position_reach=$REACH --set base_model=runs/demo-$V-stage1/final --set out_dir=runs/demo-$V-stage2 \
+  --set stop_at="${STOP_AT:-0}"
+echo "runs/demo-$V-stage2 written"
