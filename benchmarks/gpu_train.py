@@ -176,7 +176,7 @@ def indexing(model, processor, photos, shape, device, args) -> dict:
     from benchmarks.real_shape import photo_costs
     from cafe_core import CafeModel, prompts
     from cafe_core.crops import base_view_inputs
-    from cafe_core.forward import multimodal_base
+    from cafe_core.family import multimodal_base
     from cafe_core.pooling import pool_last_token
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32

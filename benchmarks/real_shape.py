@@ -191,7 +191,7 @@ def model_child(args) -> dict:
     from benchmarks.flops import generate_flops, lm_flops, projector_flops, shape_from_config, vision_flops
     from benchmarks.real_models import build_model, load_spec, save_model
     from cafe_core import CafeModel, prompts
-    from cafe_core.forward import multimodal_base
+    from cafe_core.family import multimodal_base
     from data.images import load_image
 
     if args.threads:

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import prompts
 from .errors import InputError
+from .family import multimodal_base
 
 IMAGE_CROPS = ("native", "base")
 
@@ -68,7 +69,7 @@ def _onevision_base(model, encoder, texts, images, device, dtype):
     pixels = encoder.processor.image_processor(views, return_tensors="pt")
     ids = encoder.encode_spliced(texts, [[block]] * len(texts))
     batch = {k: v.to(device) for k, v in ids.items()}
-    base = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+    base = multimodal_base(model)
     feats = base.get_image_features(pixel_values=pixels["pixel_values"].to(device, dtype),
                                     image_sizes=pixels["image_sizes"].to(device),
                                     batch_num_images=torch.tensor([len(views)], device=device), return_dict=True)

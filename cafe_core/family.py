@@ -53,13 +53,20 @@ class Family:
 
     def vision_encoder(self, model):
         """The vision encoder module of a loaded (possibly peft-wrapped) model."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return getattr(base.model, self.vision_module)
+        return getattr(multimodal_base(model), self.vision_module)
 
     def projector(self, model):
         """The projector module (vision features -> language-model tokens) of a loaded (possibly peft-wrapped) model."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return getattr(base.model, self.projector_module)
+        return getattr(multimodal_base(model), self.projector_module)
+
+
+def multimodal_base(model):
+    """The multimodal base model (vision + projector + LM, no lm_head) of an HF ForConditionalGeneration,
+    looking through a peft wrapper if present."""
+    m = model
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    return m.model
 
 
 LLAVA = Family("llava", ("llava", "llava_onevision", "llava_next"), CHATML,

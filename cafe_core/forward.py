@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import prompts
+from .family import multimodal_base
 from .inputs import IGNORE_INDEX, PromptEncoder, check_images
 from .pooling import pool_last_token
 
@@ -119,15 +120,6 @@ class ForwardOutput:
     text_emb: torch.Tensor | None
     hard_text_emb: torch.Tensor | None = None  # (H, D): hard negative texts, see TrainBatch.hard_rows
     image_tokens: list | None = None  # per image: the (positions, D) features the LM reads (shared forward only)
-
-
-def multimodal_base(model):
-    """The multimodal base model (vision + projector + LM, no lm_head) of an HF ForConditionalGeneration,
-    looking through a peft wrapper if present."""
-    m = model
-    if hasattr(m, "get_base_model"):
-        m = m.get_base_model()
-    return m.model
 
 
 def supervised_lm_loss(model, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -16,8 +16,7 @@ from PIL import Image
 from . import prompts
 from .crops import base_view_inputs, changes_vectors, resolve_crops
 from .errors import InputError
-from .family import family_for
-from .forward import multimodal_base
+from .family import family_for, multimodal_base
 from .inputs import PromptEncoder, check_images
 from .loading import load_model_and_processor
 from .pooling import pool_last_token

@@ -42,14 +42,16 @@ def grid_side(model) -> int:
 
 
 class ProjectorInputs:
-    """Context manager that records the projector's input during a forward (a pre-hook; removed on exit), and
-    gives the head the same tokens with the gradient stopped at the projector."""
+    """Context manager that records the projector's input during one forward (a pre-hook, removed on exit), and
+    gives the head the same tokens with the gradient stopped at the projector. Reusable: each ``with`` starts
+    a fresh record. Not an nn.Module, so holding one does not register the projector twice."""
 
     def __init__(self, projector: nn.Module):
         self.projector = projector
         self.inputs: list[torch.Tensor] = []
 
     def __enter__(self) -> "ProjectorInputs":
+        self.inputs = []
         self._handle = self.projector.register_forward_pre_hook(lambda _module, args: self.inputs.append(args[0]))
         return self
 

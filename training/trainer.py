@@ -54,9 +54,8 @@ class TrainStep(nn.Module):
         self.model, self.encoder = model, encoder
         self.forward_kind, self.need_lm, self.need_embeddings = forward, need_lm, need_embeddings
         self.position_head = position_head  # training/token_position.py (shared forward only)
-        # set: the head's gradient stops at this projector (token_position_reach: projector); a plain attribute,
-        # not a submodule (it is already the model's)
-        self.__dict__["position_projector"] = position_projector
+        # set (token_position_reach: projector): the head reads the projector re-applied to its detached input
+        self.projector_inputs = ProjectorInputs(position_projector) if position_projector is not None else None
 
     def _forward(self, batch):
         if self.forward_kind == "naive":
@@ -67,8 +66,8 @@ class TrainStep(nn.Module):
 
     def forward(self, batch):
         position = None
-        if self.position_head is not None and self.position_projector is not None:
-            with ProjectorInputs(self.position_projector) as recorded:
+        if self.position_head is not None and self.projector_inputs is not None:
+            with self.projector_inputs as recorded:
                 out = self._forward(batch)
             if out.image_tokens:
                 position = self.position_head(recorded.detached_tokens(out.image_tokens))
