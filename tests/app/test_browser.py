@@ -221,10 +221,22 @@ def test_a_second_folder_shows_everywhere_after_a_reload(page, ui_server, tmp_pa
     assert str(second / "photos") in stats, stats
     open_tab(page, "Photos")
     open_filters(page)
+    from selenium.common.exceptions import TimeoutException
+
     page.find_element("css selector", "#search-folder input").click()
-    options = wait_for(page, lambda d: [o.text for o in d.find_elements("css selector", "ul[role=listbox] li")],
-                       10, "the folder filter's choices")
-    assert str(ui_server.photos) in options and str(second / "photos") in options, options
+    # Each option's aria-label, not .text (which is "" for an option still sliding into view), and the
+    # wait ends only once every folder is listed (the failure shows what the list held).
+    seen: list[list[str]] = [[]]
+
+    def listed(d):
+        seen[0] = [o.get_attribute("aria-label")
+                   for o in d.find_elements("css selector", "ul[role=listbox] li[role=option]")]
+        return {str(ui_server.photos), str(second / "photos")} <= set(seen[0])
+
+    try:
+        wait_for(page, listed, 10, "the folder filter's choices")
+    except TimeoutException:
+        pytest.fail(f"the folder filter lists {seen[0]}, not both folders")
     page.find_element("css selector", "body").click()
 
 
