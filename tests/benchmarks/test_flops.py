@@ -23,8 +23,7 @@ from benchmarks.flops import (
 )
 from benchmarks.real_models import build_config, load_spec
 from cafe_core import prompts
-from cafe_core.family import family_for
-from cafe_core.family import multimodal_base
+from cafe_core.family import family_for, multimodal_base
 from cafe_core.inputs import PromptEncoder
 from cafe_core.tiny import build_tiny
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #14, recipes v2, v3 and v4 (not shipped): the shipped recipe's stages 0-2 with the position fixes from
+# Issue #14, recipes v2-v5 (not shipped): the shipped recipe's stages 0-2 with the position fixes from
 # the start. Usage: run_demo_v2.sh [v2|v3|v4|v5]
 #   v2: demo-v2-stage{1,2}-*.yaml as written (they say which fixes, why, and what came of it: the auxiliary
 #       token-position loss's gradient reached the whole vision tower, which turned to position and stopped
@@ -7,8 +7,9 @@
 #   v3: the same with that gradient stopped at the projector (token_position_reach: projector): shapes
 #       still not learned (object R@1 0.30 at stage-2 step 500);
 #   v4: v3 with the auxiliary loss at a tenth of the weight (0.05): shapes learned, more of the place kept.
-#   v5: v4 stopped at stage-2 step 1500, then demo-v5-stage3-positions.yaml (every slot of every photo asked).
-# Results: README "What we tried and learned", benchmarks/results/exp_demo_v3/summary.json.
+#   v5: v4 stopped at stage-2 step 1500, then demo-v5-stage3-positions.yaml (every slot of every photo asked);
+#       it reuses runs/demo-v4-stage2/final, so run it where v4 was not run past step 1500.
+# Results: README "What we tried and learned", benchmarks/results/exp_demo_v3/ and exp_demo_v5/summary.json.
 # Resumable like training/reproduce_demo_model.sh: run it again after an interruption. STOP_AT=N stops stage 2
 # at step N (its schedule stays that of 3000 steps). Stage 0 and the albums are the shipped recipe's own (same
 # folders, same seeds).
