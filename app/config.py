@@ -99,6 +99,10 @@ DEFAULT_MAX_SIDE = 512
 # 100 MP medium-format photos and most panoramas.
 DEFAULT_MAX_PIXELS = 150_000_000
 DEFAULT_K = 10  # results per search, photos retrieved per question
+# Where the web UI listens by default (this machine only), and the port of a `chroma run` server.
+LOOPBACK = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_CHROMA_PORT = 8000
 
 
 # --dtype choices: "auto" is bfloat16 on GPUs that support it, float32 elsewhere (cafe_core.loading.resolve_dtype).
@@ -111,15 +115,16 @@ IMAGE_CROPS = ("auto", "native", "base")
 class ModelConfig:
     """How the app loads its one model (app.model.load_model).
 
-    image_crops: how many views of a photo embeddings read (cafe_core.crops). "native" (the checkpoint's
-        own processor) is the default so that indexes built before the option existed stay valid; "base"
-        is several times cheaper for LLaVA-OneVision and SmolVLM. The setting is part of the model's
-        fingerprint where it changes the vectors: search with the setting the index was built with.
+    image_crops: how many views of a photo embeddings read (cafe_core.crops). "auto" (the default) is the
+        cheapest the model supports on a CPU ("base": one view, 2x cheaper for LLaVA-OneVision, 17x for
+        SmolVLM) and the checkpoint's own processor ("native") on a GPU; plain LLaVA reads one view either
+        way. The setting is part of the model's fingerprint where it changes the vectors: an index built
+        with another setting is refused with the option to pass (search with the one it was built with).
     """
 
     device: str = "auto"
     dtype: str = "auto"
-    image_crops: str = "native"
+    image_crops: str = "auto"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from app.config import UIConfig
-from app.photos import IMAGE_EXTENSIONS
+from app.photos import IMAGE_EXTENSIONS, under_any
 
 _FILE_ROUTE = re.compile(r"^(?:/gradio_api)?/(file=|file/|proxy=)(.*)$", re.DOTALL)
 _UPLOAD_ROUTE = re.compile(r"^(?:/gradio_api)?/upload$")
@@ -133,8 +133,7 @@ class Guard:
             real = os.path.realpath(os.path.abspath(target))  # as Gradio reads it, then symlinks resolved
         except (ValueError, OSError):
             return 400
-        inside = real == self.temp_dir or real.startswith(self.temp_dir + os.sep)
-        return 200 if inside else 403
+        return 200 if under_any(real, [self.temp_dir]) else 403
 
     async def _send_photo(self, record_id: str, send):
         path = self.photo_file(record_id) if _RECORD_ID.match(record_id) else None

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from app.config import ConfigError, IndexConfig, ModelConfig, default_db_dir, resolve_model
+from app.config import DEFAULT_CHROMA_PORT, ConfigError, IndexConfig, ModelConfig, default_db_dir, resolve_model
 from app.photos import (
     CORRUPT,
     TOO_LARGE,
@@ -165,7 +165,7 @@ class PhotoIndex:
 
         config = config or IndexConfig()
         if chroma_host:
-            location = ChromaLocation(host=chroma_host, port=int(chroma_port or 8000))
+            location = ChromaLocation(host=chroma_host, port=int(chroma_port or DEFAULT_CHROMA_PORT))
         else:
             location = ChromaLocation(db_dir=os.fspath(db or default_db_dir()))
         name = resolve_model(os.fspath(model) if model else None) if _is_name(model) else model.name

@@ -77,13 +77,16 @@ class Filters:
         if before is not None:
             clauses.append({"taken": {"$lt": before}})
         if self.folder:
-            folder = os.path.abspath(os.path.expanduser(self.folder)).rstrip(os.sep) or os.sep
-            clauses.append({"folders": {"$contains": folder}})
+            clauses.append({"folders": {"$contains": self._folder()}})
         if self.camera:
             clauses.append({"cameras": {"$contains": self.camera.strip().lower()}})
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+    def _folder(self) -> str:
+        """The folder filter as stored in records' "folders" metadata (absolute, no trailing separator)."""
+        return os.path.abspath(os.path.expanduser(self.folder)).rstrip(os.sep) or os.sep
 
     def matches(self, meta: dict) -> bool:
         """The same test as where(), on one record's metadata (for filtering results in Python)."""
@@ -94,8 +97,7 @@ class Filters:
         if before is not None and taken >= before:
             return False
         if self.folder:
-            folder = os.path.abspath(os.path.expanduser(self.folder)).rstrip(os.sep) or os.sep
-            if folder not in (meta.get("folders") or ()):
+            if self._folder() not in (meta.get("folders") or ()):
                 return False
         if self.camera and self.camera.strip().lower() not in (meta.get("cameras") or ()):
             return False

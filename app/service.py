@@ -57,7 +57,7 @@ class IndexJob:
 
 
 class PhotoService:
-    """A model, its photo index and answerer, and the background index job.
+    """A model, its photo index, the answers' settings, and the background index job: the UI's one door to them.
 
     model: a loaded CafeModel, or a model path / hub id / None (the shipped demo model).
     thumbs_dir: where thumbnails are written (the server's own temp folder).

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from app.config import DEFAULT_CHROMA_PORT
+
 COLLECTION_PREFIX = "photos-"
 SKIP_COLLECTION = "cafe-photos-skipped"
 # Version 1: fingerprint, dim, model. Version 2: + image_crops (cafe_core.crops: "native" or "base").
@@ -92,7 +94,7 @@ class ChromaLocation:
 
     db_dir: str | None = None
     host: str | None = None
-    port: int = 8000
+    port: int = DEFAULT_CHROMA_PORT
 
     @property
     def embedded(self) -> bool:

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from app.answer import Turn
-from app.config import ConfigError, UIConfig, user_errors
+from app.config import DEFAULT_PORT, LOOPBACK, ConfigError, UIConfig, user_errors
 from app.guard import Guard, photo_url
 from app.model import not_loadable_message
 from app.search import Filters, Hit, QueryError
@@ -32,8 +32,6 @@ from app.service import CHAT_THUMBNAIL_SIDE, THUMBNAIL_SIDE, PhotoService
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-DEFAULT_PORT = 7860
 # Image toolbars without "share" (it uploads the photo to huggingface.co).
 NO_SHARE = ["download", "fullscreen"]
 # Share buttons Gradio adds to media inside chat messages regardless of settings: hidden.
@@ -450,7 +448,7 @@ def _settings_tab(service: PhotoService, limits: UIConfig):
     cfg = service.answer_config
     with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
         with gr.Row():
-            model_box = gr.Textbox(label="Model (folder or hub id)", value=service.model.name, scale=4,
+            model_box = gr.Textbox(label="Model (folder or hub id)", value=service.model_name, scale=4,
                                    elem_id="settings-model")
             load_btn = gr.Button("Load model", elem_id="settings-load")
         model_status = gr.Markdown("")

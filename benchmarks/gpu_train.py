@@ -175,9 +175,6 @@ def indexing(model, processor, photos, shape, device, args) -> dict:
 
     from benchmarks.real_shape import photo_costs
     from cafe_core import CafeModel, prompts
-    from cafe_core.crops import base_view_inputs
-    from cafe_core.family import multimodal_base
-    from cafe_core.pooling import pool_last_token
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     index_model = copy.deepcopy(model).to(dtype).eval()
@@ -193,20 +190,12 @@ def indexing(model, processor, photos, shape, device, args) -> dict:
         end_to_end = time.perf_counter() - t0
         # Model only: the same batches prepared first, then only the forward passes timed.
         prompt = prompts.image_embedding_prompt(cafe.chat)
-        prepared = []
-        for i in range(0, len(photos), args.index_batch):
-            chunk = photos[i : i + args.index_batch]
-            if crops == "base":
-                prepared.append(base_view_inputs(index_model, cafe.encoder, [prompt] * len(chunk), chunk, device, dtype))
-            else:
-                prepared.append((cafe.encoder.encode([prompt] * len(chunk), chunk, device=device, dtype=dtype), None))
-        base = multimodal_base(index_model)
+        prepared = [cafe.embedding_batch([prompt] * len(chunk), chunk)
+                    for chunk in (photos[i : i + args.index_batch] for i in range(0, len(photos), args.index_batch))]
         _sync(device)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for batch, mm in prepared:
-                hidden = base(**batch, mm_encoder_outputs=mm).last_hidden_state if mm else base(**batch).last_hidden_state
-                pool_last_token(hidden, batch["attention_mask"])
+        for batch, mm in prepared:
+            cafe.embed_batch(batch, mm)
         _sync(device)
         model_only = time.perf_counter() - t0
         peak = args.peak_tflops

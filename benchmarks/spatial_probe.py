@@ -128,14 +128,19 @@ def majority(y_fit: list[str], y_test: list[str]) -> float:
     return float(np.mean([t == top for t in y_test]))
 
 
+def add_album_arguments(p: argparse.ArgumentParser, fit: str, max_fit: int) -> None:
+    """--model, and the albums a probe is fitted on (--fit, --max-fit) and scored on (--data, --max-photos)."""
+    p.add_argument("--model", help="model folder whose image tokens are read (default: the shipped demo model)")
+    p.add_argument("--fit", default=fit, help="album the probes are fitted on (default %(default)s)")
+    p.add_argument("--data", default="runs/demo-data/test", help="album they are scored on (default %(default)s)")
+    p.add_argument("--max-fit", type=int, default=max_fit, help="photos of --fit used (default %(default)s)")
+    p.add_argument("--max-photos", type=int, default=400, help="photos of --data used (default %(default)s)")
+    p.add_argument("--max-side", type=int, default=128, help="longest side photos are read at (default %(default)s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="model folder (default: the shipped demo model)")
-    p.add_argument("--fit", default="runs/demo-data/train7", help="album the probes are fitted on")
-    p.add_argument("--data", default="runs/demo-data/test", help="album they are scored on")
-    p.add_argument("--max-fit", type=int, default=1500, help="photos of --fit used")
-    p.add_argument("--max-photos", type=int, default=400, help="photos of --data used")
-    p.add_argument("--max-side", type=int, default=128)
+    add_album_arguments(p, fit="runs/demo-data/train7", max_fit=1500)
     args = p.parse_args(argv)
     apply_quiet_env()
     from app.config import resolve_model

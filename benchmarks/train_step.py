@@ -50,38 +50,17 @@ class Sample:
 
 
 def make_samples(n: int, seed: int) -> tuple[list[Sample], str]:
-    """``n`` (photo, multi-turn QA, caption) samples; returns (samples, source)."""
+    """``n`` sample-world (photo, multi-turn QA, caption) samples; returns (samples, source)."""
     from cafe_core.prompts import Turn
+    from data.world import captions, questions, render_photo, sample_photo_specs
 
     rng = random.Random(seed)
-    try:
-        from data.world import captions, questions, render_photo, sample_photo_specs
-    except ImportError:
-        return _synthetic_samples(n, rng), "synthetic"
     samples = []
     for spec in sample_photo_specs(n, seed=seed, split="train"):
         qa = rng.sample(questions(spec)[1:], 3)  # [0] is "describe" = the caption
         turns = [t for q in qa for t in (Turn("user", q.question), Turn("assistant", q.answer))]
         samples.append(Sample(render_photo(spec), turns, captions(spec)[0]))
     return samples, "data.world"
-
-
-def _synthetic_samples(n: int, rng: random.Random) -> list[Sample]:
-    import numpy as np
-    from PIL import Image
-
-    from cafe_core.prompts import Turn
-
-    sizes = [(256, 256), (341, 256), (384, 256), (455, 256)]  # the sample world's aspect ratios
-    out = []
-    for i in range(n):
-        w, h = sizes[i % len(sizes)]
-        img = Image.fromarray(np.random.RandomState(i).randint(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
-        turns = [Turn("user", "What color is the circle?"), Turn("assistant", "red"),
-                 Turn("user", "How many objects are there?"), Turn("assistant", "two"),
-                 Turn("user", "What is on the left?"), Turn("assistant", "a small red circle")]
-        out.append(Sample(img, turns, "a small red circle on the left and a large blue star on the right, on a gray background"))
-    return out
 
 
 class ModeRunner:

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from . import prompts
 from .errors import InputError
-from .family import multimodal_base
+from .family import family_for, multimodal_base
 
 IMAGE_CROPS = ("native", "base")
 
@@ -35,30 +35,28 @@ def resolve_crops(crops: str | None, device: torch.device) -> str:
     return crops
 
 
-# Families whose processor reads several crops of a photo, and that embed a cheaper base view with "base".
-_ONEVISION = ("llava_onevision",)
-_IDEFICS3 = ("idefics3", "smolvlm")
-
-
-def changes_vectors(model_type: str, crops: str) -> bool:
-    """Does this crop setting give other vectors than "native" for this family? (then it is part of the
+def changes_vectors(config, crops: str) -> bool:
+    """Does this crop setting give other vectors than "native" for this model? (then it is part of the
     model's fingerprint; a plain LLaVA reads one crop either way)."""
-    return crops != "native" and model_type in _ONEVISION + _IDEFICS3
+    return crops != "native" and config.model_type in family_for(config).multi_crop_types
 
 
 def base_view_inputs(model, encoder, texts: Sequence[str], images: Sequence[Image.Image], device, dtype):
     """(batch, mm_encoder_outputs or None) to embed ``texts`` (one image placeholder each) over the base
-    view of each image; (encoder.encode(...), None) when the family has nothing cheaper."""
-    model_type = model.config.model_type
-    if model_type in _ONEVISION:
-        return _onevision_base(model, encoder, texts, images, device, dtype)
-    if model_type in _IDEFICS3:
-        texts = [encoder.family_text(t) for t in texts]
-        batch = encoder.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt",
-                                  do_image_splitting=False).to(device)
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        return batch, None
-    return encoder.encode(texts, images, device=device, dtype=dtype), None
+    view of each image; (encoder.encode(...), None) when the model has nothing cheaper."""
+    family = family_for(model.config)
+    if model.config.model_type not in family.multi_crop_types:
+        return encoder.encode(texts, images, device=device, dtype=dtype), None
+    return _BASE_VIEW[family.name](model, encoder, texts, images, device, dtype)
+
+
+def _idefics3_base(model, encoder, texts, images, device, dtype):
+    # The processor's own switch: no tile splitting, one 512 px view (64 tokens for SmolVLM).
+    texts = [encoder.family_text(t) for t in texts]
+    batch = encoder.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt",
+                              do_image_splitting=False).to(device)
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    return batch, None
 
 
 def _onevision_base(model, encoder, texts, images, device, dtype):
@@ -85,3 +83,7 @@ def _onevision_base_block(encoder) -> list[int]:
         _, blocks = encoder.encode_with_blocks([text], [probe, probe])  # one prompt, two photos: base views
         encoder.base_view_block = blocks[0][0]
     return encoder.base_view_block
+
+
+# The base-view path of each family with multi_crop_types (cafe_core.family), by family name.
+_BASE_VIEW = {"llava": _onevision_base, "idefics3": _idefics3_base}

@@ -32,6 +32,9 @@ class Family:
     vision_module: str
     projector_module: str
     language_module: str
+    # model_types whose processor reads several crops of a photo and that have a cheaper one-view
+    # embedding path (cafe_core.crops: "base"); the family's other types read one view either way.
+    multi_crop_types: tuple[str, ...] = ()
 
     @property
     def lora_targets(self) -> str:
@@ -55,6 +58,10 @@ class Family:
         """The vision encoder module of a loaded (possibly peft-wrapped) model."""
         return getattr(multimodal_base(model), self.vision_module)
 
+    def language_model(self, model):
+        """The language model (no lm_head) of a loaded (possibly peft-wrapped) model."""
+        return getattr(multimodal_base(model), self.language_module)
+
     def projector(self, model):
         """The projector module (vision features -> language-model tokens) of a loaded (possibly peft-wrapped) model."""
         return getattr(multimodal_base(model), self.projector_module)
@@ -70,9 +77,11 @@ def multimodal_base(model):
 
 
 LLAVA = Family("llava", ("llava", "llava_onevision", "llava_next"), CHATML,
-               vision_module="vision_tower", projector_module="multi_modal_projector", language_module="language_model")
+               vision_module="vision_tower", projector_module="multi_modal_projector", language_module="language_model",
+               multi_crop_types=("llava_onevision",))
 IDEFICS3 = Family("idefics3", ("idefics3", "smolvlm"), SMOLVLM,
-                  vision_module="vision_model", projector_module="connector", language_module="text_model")
+                  vision_module="vision_model", projector_module="connector", language_module="text_model",
+                  multi_crop_types=("idefics3", "smolvlm"))
 FAMILIES: tuple[Family, ...] = (LLAVA, IDEFICS3)
 
 

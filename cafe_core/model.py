@@ -125,31 +125,37 @@ class CafeModel:
         equal fingerprints are comparable. The crop setting enters only when it changes the vectors."""
         if self._fingerprint is None:
             key = f"{prompts.PROMPT_VERSION}|{self.dim}|{weights_digest(self.model)}"
-            if changes_vectors(self.model.config.model_type, self.image_crops):
+            if changes_vectors(self.model.config, self.image_crops):
                 key += f"|crops={self.image_crops}"
             self._fingerprint = "cafe-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         return self._fingerprint
 
     # ------------------------------------------------------------------ embedding
+    def embedding_batch(self, texts: list[str], images: list[Image.Image] | None):
+        """(model inputs, mm_encoder_outputs or None) of embedding prompts, with this model's crop setting."""
+        if images and self.image_crops == "base":
+            return base_view_inputs(self.model, self.encoder, texts, images, self.device, self.dtype)
+        return self.encoder.encode(texts, images or None, device=self.device, dtype=self.dtype), None
+
     @torch.inference_mode()
+    def embed_batch(self, batch, mm=None) -> torch.Tensor:
+        """(B, dim) L2-normalised float32 embeddings of one ``embedding_batch``: the post-norm last hidden
+        state (no lm_head, also through peft) at the pooled token."""
+        base = multimodal_base(self.model)
+        hidden = base(**batch, mm_encoder_outputs=mm).last_hidden_state if mm else base(**batch).last_hidden_state
+        return pool_last_token(hidden, batch["attention_mask"])
+
     def _embed_prompts(self, texts: list[str], images: list[Image.Image] | None, batch_size, progress, desc):
         bs = batch_size or self.batch_size
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        base = multimodal_base(self.model)  # post-norm last_hidden_state, no lm_head (also through peft)
         steps = range(0, len(texts), bs)
         if progress:
             from tqdm import tqdm
 
             steps = tqdm(steps, desc=desc, unit="batch")
         for i in steps:
-            chunk, mm = texts[i : i + bs], None
-            if images and self.image_crops == "base":
-                batch, mm = base_view_inputs(self.model, self.encoder, chunk, images[i : i + bs], self.device, self.dtype)
-            else:
-                batch = self.encoder.encode(chunk, images[i : i + bs] if images else None, device=self.device,
-                                            dtype=self.dtype)
-            hidden = base(**batch, mm_encoder_outputs=mm).last_hidden_state if mm else base(**batch).last_hidden_state
-            out[i : i + bs] = pool_last_token(hidden, batch["attention_mask"]).cpu().numpy()
+            batch, mm = self.embedding_batch(texts[i : i + bs], images[i : i + bs] if images else None)
+            out[i : i + bs] = self.embed_batch(batch, mm).cpu().numpy()
         return out
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int | None = None, progress: bool = False) -> np.ndarray:

@@ -6,9 +6,10 @@ import io
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from data.atomic import atomic_write_bytes
+from data.images import to_model_image
 from data.world import captions, encode_photo, sample_photo_specs
 
 THUMB = 240  # thumbnail box, px
@@ -43,7 +44,7 @@ def make_contact_sheet(n: int = 12, seed: int = 7, split: str = "train", cols: i
     for i, spec in enumerate(specs):
         x0, y0 = (i % cols) * cell_w + PAD, (i // cols) * cell_h + PAD
         # Decode the real JPEG so the sheet also shows that EXIF-rotated photos come out upright.
-        photo = ImageOps.exif_transpose(Image.open(io.BytesIO(encode_photo(spec)))).convert("RGB")
+        photo = to_model_image(Image.open(io.BytesIO(encode_photo(spec))))  # as the model sees it
         photo.thumbnail((THUMB, THUMB))
         sheet.paste(photo, (x0 + (THUMB - photo.width) // 2, y0 + (THUMB - photo.height) // 2))
         label = spec.id + (f"  (stored rotated, EXIF {spec.orientation})" if spec.orientation != 1 else "")

@@ -49,11 +49,28 @@ from data.world import (
 )
 
 # --------------------------------------------------------------------------------------------- tags
+def color_tag(color: str) -> str:
+    return f"color:{color}"
+
+
+def shape_tag(shape: str) -> str:
+    return f"shape:{shape}"
+
+
+def background_tag(background: str) -> str:
+    return f"bg:{background}"
+
+
+def placed_tag(tag: str, position: str) -> str:
+    """A tag at one position: "red circle@left", "small@right"."""
+    return f"{tag}@{position}"
+
+
 KIND_TAGS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 SIZED_TAGS = tuple(f"{z} {c} {s}" for z in SIZES for c in COLORS for s in SHAPES)
-COLOR_TAGS = tuple(f"color:{c}" for c in COLORS)
-SHAPE_TAGS = tuple(f"shape:{s}" for s in SHAPES)
-BACKGROUND_TAGS = tuple(f"bg:{b}" for b in BACKGROUNDS)
+COLOR_TAGS = tuple(color_tag(c) for c in COLORS)
+SHAPE_TAGS = tuple(shape_tag(s) for s in SHAPES)
+BACKGROUND_TAGS = tuple(background_tag(b) for b in BACKGROUNDS)
 TAGS: tuple[str, ...] = KIND_TAGS + SIZED_TAGS + COLOR_TAGS + SHAPE_TAGS + BACKGROUND_TAGS
 TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
 
@@ -70,10 +87,32 @@ def kind_tag(color: str, shape: str, size: str | None = None) -> str:
 
 def image_tags(spec: PhotoSpec) -> frozenset[str]:
     """Every tag a photo can be named by: its kinds with and without size, colors, shapes, background."""
-    tags = {f"bg:{spec.background}"}
+    tags = {background_tag(spec.background)}
     for o in spec.objects:
-        tags |= {kind_tag(o.color, o.shape), kind_tag(o.color, o.shape, o.size), f"color:{o.color}", f"shape:{o.shape}"}
+        tags |= {kind_tag(o.color, o.shape), kind_tag(o.color, o.shape, o.size), color_tag(o.color), shape_tag(o.shape)}
     return frozenset(tags)
+
+
+# The labels a vision tower is pre-trained to predict (training/vision_pretrain.py). "kinds": each
+# (color, shape) kind, each kind at each position, each background. "attributes": each color, shape and
+# size at each position, each color and shape anywhere, each background, with no tag for a (color, shape)
+# pair: a tower taught to see colors and shapes apart has nothing to memorise a pair by.
+PROBE_LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "kinds": KIND_TAGS + tuple(placed_tag(k, p) for k in KIND_TAGS for p in POSITIONS) + BACKGROUND_TAGS,
+    "attributes": COLOR_TAGS + SHAPE_TAGS
+    + tuple(placed_tag(a, p) for a in (*COLORS, *SHAPES, *SIZES) for p in POSITIONS) + BACKGROUND_TAGS,
+}
+
+
+def probe_labels(spec: PhotoSpec, labels: str = "kinds") -> frozenset[str]:
+    """The labels of PROBE_LABEL_SETS[labels] that one photo has."""
+    on = {background_tag(spec.background)}
+    for o in spec.objects:
+        if labels == "kinds":
+            on |= {kind_tag(o.color, o.shape), placed_tag(kind_tag(o.color, o.shape), o.position)}
+        else:
+            on |= {color_tag(o.color), shape_tag(o.shape)} | {placed_tag(a, o.position) for a in (o.color, o.shape, o.size)}
+    return frozenset(on)
 
 
 def tag_vector(tags: Iterable[str]) -> np.ndarray:

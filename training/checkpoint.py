@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.atomic import atomic_write_text
+
 LATEST = "LATEST"
 
 
@@ -32,12 +34,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(ckpt_root: Path, step: int, save_model, state: dict, keep: int) -> Path:
     """``save_model(folder)`` writes the weights; ``state`` goes to trainer_state.pt. Returns the folder."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -49,7 +45,7 @@ def save_checkpoint(ckpt_root: Path, step: int, save_model, state: dict, keep: i
     torch.save(state, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _write_text_atomic(ckpt_root / LATEST, final.name)
+    atomic_write_text(ckpt_root / LATEST, final.name)
     # Keep the newest ``keep`` checkpoints.
     done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in done[:-keep] if keep > 0 else []:
@@ -77,7 +73,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     import json
 
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    _write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def publish_folder(final: Path, write) -> Path:

@@ -120,15 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help=f"write {EVAL_JSON}, {EVAL_CHART} and {MODALITY_PLOT} here")
     p.add_argument("--max-photos", type=int, help="evaluate the first N photos only")
     p.add_argument("--max-questions", type=int, default=EvalConfig.max_questions,
-                   help="cap on VQA questions and, separately, on POPE probes (stratified sample; 0 = all)")
+                   help="cap on VQA questions and, separately, on POPE probes (stratified sample; 0 = all; "
+                        "default %(default)s)")
     p.add_argument("--batch-size", type=int, help="embedding batch size")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
-    p.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens, help="for short answers")
+    p.add_argument("--tasks", default=",".join(EvalConfig.tasks),
+                   help="comma-separated subset of the tasks (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens,
+                   help="for short answers (default %(default)s)")
     p.add_argument("--describe-max-new-tokens", type=int, default=EvalConfig.describe_max_new_tokens,
-                   help='for "Describe the photo." answers')
-    p.add_argument("--seed", type=int, default=0, help="seed of the question sample")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+                   help='for "Describe the photo." answers (default %(default)s)')
+    p.add_argument("--seed", type=int, default=EvalConfig.seed, help="seed of the question sample (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default %(default)s)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default %(default)s)")
     p.add_argument("--quantization", choices=["8bit", "4bit"], help="load the model quantized (needs bitsandbytes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     return p

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--layer", type=int, action="append", required=True,
                     help="vision hidden state to add (0: the embeddings; repeatable)")
     ap.add_argument("--init-scale", type=float, default=0.0,
-                    help="new weights ~ N(0, (scale x old weights' std)^2); 0 (default): zero, nothing changes")
+                    help="new weights ~ N(0, (scale x old weights' std)^2); 0: zero, nothing changes (default %(default)s)")
     args = ap.parse_args(argv)
     if args.init_scale < 0:
         raise ConfigError("--init-scale must be >= 0")

@@ -35,6 +35,7 @@ from data.queries import (
     TAGS,
     Query,
     attribute_query,
+    background_tag,
     hard_negatives,
     image_tags,
     kind_tag,
@@ -172,7 +173,7 @@ class SampleWorldAugment:
         u -= r.p_question_caption
         if u < r.p_full_caption:
             text = rng.choice(photo.captions)
-            return text, _unsized(o.pair for o in spec.objects) + [f"bg:{spec.background}"], None
+            return text, _unsized(o.pair for o in spec.objects) + [background_tag(spec.background)], None
         u -= r.p_full_caption
         if u < r.p_pair and len(spec.objects) >= 2:
             objs = rng.sample(list(spec.objects), rng.randint(2, len(spec.objects)))
@@ -191,7 +192,7 @@ class SampleWorldAugment:
             q = object_query(objs[0], form, spec.background)
             return q if form == "sized" else Query("a " + q.text.split(" ", 1)[1], q.tags)
 
-        named = [kind_tag(o.color, o.shape)] + ([f"bg:{spec.background}"] if form == "background" else [])
+        named = [kind_tag(o.color, o.shape)] + ([background_tag(spec.background)] if form == "background" else [])
         return render([o]).text, named, lambda: hard_negatives(spec, [o], form == "sized", render)
 
     def _conversation(self, photo: AlbumPhoto, image, rng: random.Random) -> tuple[list[Turn], list, int]:

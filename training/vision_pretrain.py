@@ -18,9 +18,9 @@ continue a killed run; ``out_dir/final/vision_pretrain.json`` holds the tagging 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.atomic import atomic_write_json, atomic_write_text
+from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.images import load_image
 from data.synth import GROUND_TRUTH_FILE, read_album
-from data.vocab import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+from data.queries import COLOR_TAGS, KIND_TAGS, PROBE_LABEL_SETS, SHAPE_TAGS, probe_labels
+from data.vocab import COLORS, SHAPES
 from data.world import PhotoSpec
 
 from cafe_core.family import LLAVA, family_for
@@ -42,16 +43,10 @@ from .schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
-# The tags. "kinds": each (color, shape) kind, each kind at each position, each background (the first
-# recipe). "attributes": each color, shape and size at each position, each color and shape anywhere,
-# each background, with no tag for a (color, shape) pair: a tower taught to see colors and shapes
-# apart has nothing to memorise a pair by, so pairs it never saw are built from parts.
-KINDS = [f"{c} {s}" for c in COLORS for s in SHAPES]
-LABEL_SETS = {
-    "kinds": KINDS + [f"{k}@{p}" for k in KINDS for p in POSITIONS] + [f"bg:{b}" for b in BACKGROUNDS],
-    "attributes": [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in SHAPES]
-    + [f"{a}@{p}" for a in [*COLORS, *SHAPES, *SIZES] for p in POSITIONS] + [f"bg:{b}" for b in BACKGROUNDS],
-}
+# The tags the tower learns to predict: data.queries.PROBE_LABEL_SETS ("kinds", the first recipe, or
+# "attributes", where pairs it never saw are built from parts).
+KINDS = list(KIND_TAGS)
+LABEL_SETS = {name: list(tags) for name, tags in PROBE_LABEL_SETS.items()}
 LABELS = LABEL_SETS["kinds"]
 LABEL_INDEX = {t: i for i, t in enumerate(LABELS)}
 CHECKPOINT = "checkpoint.pt"
@@ -98,13 +93,7 @@ def photo_labels(spec: PhotoSpec, labels: str = "kinds") -> np.ndarray:
     names = LABEL_SETS[labels]
     index = {t: i for i, t in enumerate(names)}
     y = np.zeros(len(names), dtype=np.float32)
-    on = [f"bg:{spec.background}"]
-    for o in spec.objects:
-        if labels == "kinds":
-            on += [f"{o.color} {o.shape}", f"{o.color} {o.shape}@{o.position}"]
-        else:
-            on += [f"color:{o.color}", f"shape:{o.shape}"] + [f"{a}@{o.position}" for a in (o.color, o.shape, o.size)]
-    for t in on:
+    for t in probe_labels(spec, labels):
         y[index[t]] = 1.0
     return y
 
@@ -179,17 +168,18 @@ def tagging_scores(probe: TaggingProbe, pixels: torch.Tensor, labels: torch.Tens
         })
     else:
         out.update({
-            "color_set_exact": _exact(pred, labels, names, lambda t: t.startswith("color:")),
-            "shape_set_exact": _exact(pred, labels, names, lambda t: t.startswith("shape:")),
+            "color_set_exact": _exact(pred, labels, names, lambda t: t in COLOR_TAGS),
+            "shape_set_exact": _exact(pred, labels, names, lambda t: t in SHAPE_TAGS),
             "objects_with_positions_exact": _exact(pred, labels, names, lambda t: "@" in t),
         })
     return out
 
 
 def _save_checkpoint(path: Path, probe: TaggingProbe, opt, step: int, gen: torch.Generator) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"probe": probe.state_dict(), "opt": opt.state_dict(), "step": step, "generator": gen.get_state()}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({"probe": probe.state_dict(), "opt": opt.state_dict(), "step": step, "generator": gen.get_state()},
+               buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def pretrain_vision(cfg: VisionPretrainConfig, resume: bool = False) -> Path:
