@@ -31,12 +31,15 @@ from typing import Callable, Iterator
 
 from app.config import (
     DB_ENV_VAR,
+    DEFAULT_CHROMA_PORT,
+    DEFAULT_PORT,
     DTYPES,
     IMAGE_CROPS,
     ConfigError,
     IndexConfig,
     ModelConfig,
     SearchConfig,
+    LOOPBACK,
     UIConfig,
     apply_quiet_env,
     default_db_dir,
@@ -56,7 +59,7 @@ def add_db_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"database folder (default: ${DB_ENV_VAR}, else $XDG_DATA_HOME/cafe-photos/db, "
                         f"else ~/.local/share/cafe-photos/db; now {default_db_dir()})")
     p.add_argument("--chroma-host", metavar="HOST", help="use a `chroma run` server instead of the --db folder")
-    p.add_argument("--chroma-port", metavar="PORT", type=port, default=8000,
+    p.add_argument("--chroma-port", metavar="PORT", type=port, default=DEFAULT_CHROMA_PORT,
                    help="port of the chroma server (default %(default)s)")
 
 
@@ -80,14 +83,34 @@ def model_options(args) -> dict:
     return {"device": args.device, "dtype": args.dtype, "image_crops": args.image_crops}
 
 
-def open_index(args, create: bool, config: IndexConfig | None = None):
-    """PhotoIndex for the --db/--chroma-*/--model/--device/--dtype/--image-crops options of a subcommand."""
+def open_index(args, create: bool, config: IndexConfig | None = None, text_only: bool = False):
+    """PhotoIndex for the --db/--chroma-*/--model/--device/--dtype/--image-crops options of a subcommand.
+
+    text_only: the index answers text queries only, so the model's saved text encoder serves when there is
+    one (app.text_encoder: torch without transformers, seconds faster to start); else the model loads.
+    """
     from app.index import PhotoIndex
 
+    model = args.model
+    if text_only:
+        from app.config import resolve_model
+        from app.text_encoder import TracedTextEncoder
+
+        check_db(args)  # a database that cannot serve fails before torch is imported, as without the encoder
+        model = TracedTextEncoder.open(resolve_model(args.model), **model_options(args)) or model
     return PhotoIndex.open(
-        db=args.db, model=args.model, create=create, chroma_host=args.chroma_host,
+        db=args.db, model=model, create=create, chroma_host=args.chroma_host,
         chroma_port=args.chroma_port, config=config, **model_options(args),
     )
+
+
+def save_text_encoder(args, model) -> None:
+    """Save the loaded model's text path for the next text search's fast start (no-op when not worth it)."""
+    from app.config import resolve_model
+    from app.text_encoder import TracedTextEncoder, save_text_encoder as save
+
+    if not isinstance(model, TracedTextEncoder):
+        save(model, resolve_model(args.model), **model_options(args))
 
 
 def check_db(args, create: bool = False) -> None:
@@ -132,6 +155,7 @@ def cmd_index(args) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     index = open_index(args, create=True, config=config)
     report = index.update(args.roots, shard=shard, progress=progress)
+    save_text_encoder(args, index.model)
     if args.json:
         print_json(report.to_json())
         return 0
@@ -173,7 +197,7 @@ def cmd_search(args) -> int:
     filters = Filters(after=args.after, before=args.before, folder=args.folder, camera=args.camera)
     filters.where()  # bad dates fail before the model loads
     lines = open_batch(args.batch) if args.batch is not None else None  # so does a batch file that is not text
-    index = open_index(args, create=False)
+    index = open_index(args, create=False, text_only=lines is None and args.image is None)
 
     def run(text, image) -> list:
         return search(index, text=text, image=image, k=args.k, min_score=args.min_score, filters=filters,
@@ -189,6 +213,8 @@ def cmd_search(args) -> int:
     else:
         for h in hits:
             print(f"{h.score:.4f}  {h.date[:10]}  {h.path}")
+    sys.stdout.flush()  # the results first; then, once, what makes the next search start fast
+    save_text_encoder(args, index.model)
     return 0
 
 
@@ -440,9 +466,9 @@ def _ask_batch(lines: Iterator[tuple[int, str]], run: Callable) -> int:
 def add_serve_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
     add_db_arguments(p)
     add_model_arguments(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes your photos)")
-    p.add_argument("--port", type=port, default=7860, help="port (default %(default)s)")
+    p.add_argument("--host", default=LOOPBACK,
+                   help="address to listen on (default %(default)s: this machine only; 0.0.0.0 exposes your photos)")
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help="port (default %(default)s)")
     p.add_argument("--auth", metavar="USER:PASS", help="require this login")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     limits = UIConfig()

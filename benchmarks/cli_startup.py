@@ -11,6 +11,9 @@ prints one JSON object.
    search_wall_s: from starting the process to its exit; first_result_s: to the first line of results
    on stdout; cpu_s: user + system CPU of the process (steadier than wall time on a shared machine).
    Medians over the runs (goal: search_wall_s <= 4 s on an idle 2-core machine).
+   These runs find the model's saved text encoder (app.text_encoder), which the uncounted run wrote.
+   model_*: the same search --runs times, each with an empty text-encoder cache, i.e. loading the model
+   through transformers (model_wall_s includes saving the encoder after the results are printed).
 3. A search that fails (a --db folder that does not exist): error_wall_s, the time to the error.
 4. One more search under `python -X importtime`: the cumulative import time of the big modules
    (torch, transformers, torchvision, chromadb, gradio, ...) and the biggest top-level imports, in us.
@@ -45,15 +48,17 @@ WATCHED = ("torch", "torch._dynamo", "transformers", "transformers.modeling_util
            "numpy", "PIL.Image", "gradio", "matplotlib", "pandas", "cafe_core", "app.search", "app.index", "app.store")
 
 
-def env() -> dict:
+def env(cache: Path | None = None) -> dict:
+    """The child's environment; `cache`: its XDG_CACHE_HOME (where app.text_encoder keeps encoders)."""
+    extra = {"XDG_CACHE_HOME": str(cache)} if cache else {}
     return dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1",
-                GRADIO_ANALYTICS_ENABLED="False")
+                GRADIO_ANALYTICS_ENABLED="False", **extra)
 
 
-def run_timed(cmd: list[str], cwd: Path) -> dict:
+def run_timed(cmd: list[str], cwd: Path, cache: Path | None = None) -> dict:
     """Run a command, timing the first line on stdout and the exit; CPU from the child's rusage."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     first_at = time.perf_counter() - start
     rest = proc.stdout.read()
@@ -66,9 +71,10 @@ def run_timed(cmd: list[str], cwd: Path) -> dict:
             "stderr": err.decode(errors="replace")}
 
 
-def importtime(cmd: list[str], cwd: Path) -> dict:
+def importtime(cmd: list[str], cwd: Path, cache: Path | None = None) -> dict:
     """Cumulative import us of WATCHED modules and the 12 biggest top-level imports of one run."""
-    done = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], cwd=cwd, env=env(), capture_output=True, text=True)
+    done = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], cwd=cwd, env=env(cache), capture_output=True,
+                          text=True)
     rows = []
     for line in done.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -112,9 +118,18 @@ def main() -> int:
                         args.model], cwd=repo, env=env(), check=True, capture_output=True)
 
     search = [sys.executable, "-m", "app", "search", args.query, "--db", str(db), "--model", args.model]
-    run_timed(search, repo)  # not counted: writes the checkout's bytecode caches, warms the file cache
-    runs = [run_timed(search, repo) for _ in range(args.runs)]
-    bad = [r for r in runs if r["rc"] != 0 or not r["lines"]]
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    model_runs = []
+    for i in range(args.runs):  # each with an empty cache: the model loads (and the encoder is saved after)
+        fresh = work / f"cache-model-{i}"
+        shutil.rmtree(fresh, ignore_errors=True)
+        model_runs.append(run_timed(search, repo, fresh))
+        shutil.rmtree(fresh, ignore_errors=True)
+    # not counted: writes the checkout's bytecode caches and the text encoder, warms the file cache
+    run_timed(search, repo, cache)
+    runs = [run_timed(search, repo, cache) for _ in range(args.runs)]
+    bad = [r for r in runs + model_runs if r["rc"] != 0 or not r["lines"]]
     if bad:
         print(bad[0]["stderr"][-2000:], file=sys.stderr)
         return 1
@@ -133,10 +148,16 @@ def main() -> int:
         "first_result_s": median(r["first_result_s"] for r in runs),
         "cpu_s": median(r["cpu_s"] for r in runs),
         "search_wall_s_each": [round(r["wall_s"], 3) for r in runs],
+        "text_encoder_saved": any(cache.glob("cafe-photos/text-encoders/*/meta.json")),
+        "same_results_as_model": runs[0]["lines"] == model_runs[0]["lines"],
+        "model_wall_s": median(r["wall_s"] for r in model_runs),
+        "model_first_result_s": median(r["first_result_s"] for r in model_runs),
+        "model_cpu_s": median(r["cpu_s"] for r in model_runs),
         "error_wall_s": median(r["wall_s"] for r in error),
         "error_cpu_s": median(r["cpu_s"] for r in error),
         "goal_search_wall_s": GOAL_SEARCH_WALL_S,
-        "importtime": importtime(search, repo),
+        "importtime": importtime(search, repo, cache),
+        "model_importtime": importtime(search, repo, work / "cache-importtime"),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
         "first_line": runs[0]["lines"][0],
     }
