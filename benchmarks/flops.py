@@ -187,3 +187,24 @@ def crops_per_image(config, pixel: dict) -> list[int]:
     if values.dim() == 5:
         return [int(values.shape[1])] * int(values.shape[0])
     return [1] * int(torch.as_tensor(values).shape[0])
+
+
+def measured_matmul_tflops(dtype: str = "float32", threads: int = 0, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's practical peak (TFLOP/s): the best of ``repeats`` (n x n) @ (n x n) matmuls on the CPU
+    with ``threads`` torch threads (0: as set). A measured ceiling, not a datasheet one: a rate divided by
+    it says how much of what this CPU can actually do a workload reaches."""
+    import time
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12

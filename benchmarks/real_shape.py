@@ -191,7 +191,6 @@ def model_child(args) -> dict:
     from benchmarks.flops import generate_flops, lm_flops, projector_flops, shape_from_config, vision_flops
     from benchmarks.real_models import build_model, load_spec, save_model
     from cafe_core import CafeModel, prompts
-    from cafe_core.family import multimodal_base
     from data.images import load_image
 
     if args.threads:
@@ -224,7 +223,7 @@ def model_child(args) -> dict:
     report["per_photo"] = costs
     peak = args.peak_tflops
     ops: dict = {}
-    lm = getattr(multimodal_base(cafe.model), cafe.family.language_module)  # one call per generated token
+    lm = cafe.family.language_model(cafe.model)  # one call per generated token
 
     def run(name, fn, flops_fn, extra=None):
         if name not in args.ops:
@@ -367,10 +366,11 @@ def _common_argv(args) -> list[str]:
     return argv
 
 
-def cli_ops(args, folder: Path, photos_dir: Path, index_flops: int, work: Path) -> dict:
-    """python -m app index / search / ask against the saved model, each a separate process."""
+def cli_ops(args, folder: Path, photos_dir: Path, index_flops: int, work: Path, crops: str = "native") -> dict:
+    """python -m app index / search / ask against the saved model, each a separate process, embedding photos
+    with --image-crops ``crops`` (whose FLOPs ``index_flops`` counts)."""
     db = work / "db"
-    common = ["--model", str(folder), "--db", str(db), "--device", args.device]
+    common = ["--model", str(folder), "--db", str(db), "--device", args.device, "--image-crops", crops]
     commands = {
         "index": ["index", str(photos_dir), *common, "--json", "--no-progress"],
         "search": ["search", QUERY, *common, "--json", "--min-score", "-1"],
@@ -462,7 +462,9 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed calls before each timed model operation (default: 1 on CUDA, 0 on CPU)")
     ap.add_argument("--short-side", type=int, default=0, help="short side of the sample photos (0: the sample world's 256)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="the hardware's peak, to report each rate as a fraction")
+    ap.add_argument("--peak-tflops", default=None,
+                    help="the hardware's peak, to report each rate as a fraction: TFLOP/s, or 'measure' (CPU: the best "
+                         "2048^3 matmul at --threads in --dtype, benchmarks.flops.measured_matmul_tflops)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default / OMP_NUM_THREADS)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="", help="working folder (default: a temporary one, removed)")
@@ -482,6 +484,17 @@ def parse_args(argv=None):
         args.dtype_resolved = "bfloat16" if args.device == "cuda" else "float32"
     else:
         args.dtype_resolved = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
+    if args.peak_tflops == "measure":
+        if args.device != "cpu":
+            ap.error("--peak-tflops measure is for the CPU; give a GPU's peak in TFLOP/s")
+        from benchmarks.flops import measured_matmul_tflops
+
+        args.peak_tflops = round(measured_matmul_tflops(args.dtype_resolved, args.threads), 4)
+    elif args.peak_tflops is not None:
+        try:
+            args.peak_tflops = float(args.peak_tflops)
+        except ValueError:
+            ap.error(f"--peak-tflops: a number or 'measure', not {args.peak_tflops!r}")
     return args
 
 

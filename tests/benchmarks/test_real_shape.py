@@ -1,4 +1,4 @@
-"""benchmarks/real_shape.py end to end at the real checkpoints' widths, reduced to 1 layer, 1 photo and the
+"""benchmarks/real_shape.py end to end at the real checkpoints' widths, reduced to 2 layers, 1 photo and the
 full training mode (LoRA/QLoRA are run by the benchmark itself; tests/training covers them on tiny models):
 image token counts are what the real processor classes write, FLOPs are positive and cheaper on base
 crops, every operation (CafeModel, the app's CLI, a Trainer step) ran and took finite time, and the
@@ -27,7 +27,7 @@ OPS = ("embed_images_native", "embed_images_base", "embed_texts", "generate", "s
 def report(tmp_path_factory) -> tuple[dict, Path]:
     work = tmp_path_factory.mktemp("real_shape")
     out = work / "report.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "real_shape.py"), "--model", *SPECS, "--layers", "1",
+    cmd = [sys.executable, str(REPO / "benchmarks" / "real_shape.py"), "--model", *SPECS, "--layers", "2",
            "--photos", "1", "--train-modes", "full", "--new-tokens", "4", "--work", str(work), "--keep-models",
            "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -48,12 +48,12 @@ def test_real_shape_report(report, spec):
     name, text_hidden, vision_hidden, base_tokens = SPECS[spec]
     r = data["models"][name]
     assert "error" not in r, r.get("error")
-    assert data["peak_tflops"] == "unknown" and data["layers"] == 1
+    assert data["peak_tflops"] == "unknown" and data["layers"] == 2
 
-    # The saved folder is the real architecture at reduced depth: published widths, one layer each.
+    # The saved folder is the real architecture at reduced depth: published widths, two layers each.
     config = json.loads((work / name / "model" / "config.json").read_text())
     assert config["text_config"]["hidden_size"] == text_hidden and config["vision_config"]["hidden_size"] == vision_hidden
-    assert config["text_config"]["num_hidden_layers"] == 1 == config["vision_config"]["num_hidden_layers"]
+    assert config["text_config"]["num_hidden_layers"] == 2 == config["vision_config"]["num_hidden_layers"]
 
     # Image tokens per photo: what the real processor class, loaded from the folder, writes for that photo.
     from transformers import AutoConfig, AutoProcessor

@@ -27,9 +27,10 @@ except Exception:  # missing, or a backend that fails to initialise
 MIN_COSINE = {"8bit": 0.99, "4bit": 0.9}
 
 
+@pytest.mark.parametrize("preset", ["llava-onevision", "smolvlm"])
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
-def test_quantized_loading(tiny_dirs, ov_model, quantization):
-    folder = tiny_dirs["llava-onevision"]
+def test_quantized_loading(tiny_dirs, cafe_models, preset, quantization):
+    folder, reference = tiny_dirs[preset], cafe_models[preset]
     if not HAVE_BNB:
         with pytest.raises(ModelLoadError, match=f"{quantization} loading needs bitsandbytes"):
             CafeModel.load(folder, device="cpu", quantization=quantization)
@@ -40,12 +41,12 @@ def test_quantized_loading(tiny_dirs, ov_model, quantization):
         import bitsandbytes as bnb
 
         linear = bnb.nn.Linear8bitLt if quantization == "8bit" else bnb.nn.Linear4bit
-        layer = model.model.model.language_model.layers[0].self_attn.q_proj
+        layer = model.family.language_model(model.model).layers[0].self_attn.q_proj
         assert isinstance(layer, linear), type(layer)
         images = [noise_image(i, w, h) for i, (w, h) in enumerate([(32, 32), (90, 40)])]
         texts = ["a red circle", "two blue stars on a gray background"]
-        for quant, ref in ((model.embed_images(images), ov_model.embed_images(images)),
-                           (model.embed_texts(texts), ov_model.embed_texts(texts))):
+        for quant, ref in ((model.embed_images(images), reference.embed_images(images)),
+                           (model.embed_texts(texts), reference.embed_texts(texts))):
             cosine = (quant * ref).sum(1)
             assert np.all(cosine > MIN_COSINE[quantization]), cosine
             assert np.abs(quant - ref).max() > 0  # really quantized, not a silent fp32 fallback

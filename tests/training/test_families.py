@@ -12,7 +12,7 @@ import pytest
 from cafe_core.vocab import VOCAB_FILE
 
 from .conftest import folder_weights, folder_weights_named, read_metrics, settings, train_in_process
-from .test_trainer import _changed, plain_hf_load
+from .test_trainer import HAVE_BNB, _changed, plain_hf_load
 
 RECIPE = {"p_grounded": 1.0, "p_multi_photo": 1.0, "p_pair": 0.5, "p_full_caption": 0.2, "p_hard": 1.0,
           "extra_turns": 1, "position_turns": 1}
@@ -25,10 +25,13 @@ def smolvlm_runs(train_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("smolvlm")
     base = save_tiny(root / "base", "smolvlm", seed=0)
     common = {"base_model": str(base), "max_steps": 2, **RECIPE}
-    return base, {
+    runs = {
         "full": train_in_process(settings(train_data, root / "full", **common)),
         "lora": train_in_process(settings(train_data, root / "lora", mode="lora", lora_vision=True, **common)),
     }
+    if HAVE_BNB:
+        runs["qlora"] = train_in_process(settings(train_data, root / "qlora", mode="qlora", **common))
+    return base, runs
 
 
 def test_full_cafe_steps_move_every_part(smolvlm_runs):
@@ -61,3 +64,23 @@ def test_lora_uses_the_family_module_names(smolvlm_runs, tmp_path):
     assert set(final) == set(start)  # merged: a plain Idefics3 folder
     assert _changed(final, start, "text_model.layers.0.self_attn.q_proj.weight")
     plain_hf_load([trainer.final, runs["full"].final], tmp_path)
+
+
+@pytest.mark.skipif(not HAVE_BNB, reason="bitsandbytes cannot be imported here; see test_bnb_modes_unavailable")
+def test_qlora_quantizes_the_family_language_model_and_keeps_its_projector(smolvlm_runs, tmp_path):
+    import bitsandbytes as bnb
+    import torch
+
+    base, runs = smolvlm_runs
+    trainer = runs["qlora"]
+    model = trainer.model.get_base_model()
+    q_proj = trainer.family.language_model(model).layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit) and q_proj.base_layer.weight.quant_type == "nf4"
+    projector = trainer.family.projector(model)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in projector.modules())  # kept in full precision
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(trainer.out))
+    final, start = folder_weights(trainer.final), folder_weights(base)
+    assert set(final) == set(start) and all(v.dtype == torch.float32 for v in final.values())
+    assert _changed(final, start, "text_model.layers.0.self_attn.q_proj.weight")
+    assert _changed(final, start, "connector.")
+    plain_hf_load([trainer.final], tmp_path)
