@@ -67,9 +67,18 @@ def default_db_dir() -> Path:
     override = os.environ.get(DB_ENV_VAR)
     if override:
         return Path(override).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "cafe-photos" / "db"
+    return _xdg_dir("XDG_DATA_HOME", Path(".local") / "share") / "cafe-photos" / "db"
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache folder (app.text_encoder): `$XDG_CACHE_HOME/cafe-photos`, else `~/.cache/cafe-photos`."""
+    return _xdg_dir("XDG_CACHE_HOME", Path(".cache")) / "cafe-photos"
+
+
+def _xdg_dir(variable: str, under_home: Path) -> Path:
+    """The XDG base folder named by `variable`, else its default under the home folder."""
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else Path.home() / under_home
 
 
 def resolve_model(model: str | None) -> str:

@@ -50,10 +50,10 @@ _KEY_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt")
 
 
 def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/cafe-photos/text-encoders`, else `~/.cache/cafe-photos/text-encoders`."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "cafe-photos" / "text-encoders"
+    """Where encoders are kept: app.config.default_cache_dir() / "text-encoders"."""
+    from app.config import default_cache_dir as app_cache_dir
+
+    return app_cache_dir() / "text-encoders"
 
 
 def cache_key(model_name: str, device: str, dtype: str, image_crops: str) -> str | None:
@@ -115,15 +115,11 @@ class TracedTextEncoder:
         """(N, dim) float32 L2-normalised embeddings, as CafeModel.embed_texts (same empty-text error)."""
         import torch
 
-        from cafe_core.errors import InputError
+        from cafe_core.inputs import check_texts
 
-        texts = list(texts)
-        if not texts:
-            raise InputError("embed_texts needs at least one text")
+        texts = check_texts(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"text {i} is empty; give a non-empty string")
             with torch.inference_mode():
                 out[i] = self.module(torch.tensor([self.token_ids(text)])).numpy()[0]
         return out

@@ -27,6 +27,17 @@ def check_images(images: Sequence) -> list[Image.Image]:
     return out
 
 
+def check_texts(texts: Sequence) -> list[str]:
+    """Validate texts to embed: at least one, each a non-empty string."""
+    texts = list(texts)
+    if not texts:
+        raise InputError("embed_texts needs at least one text")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise InputError(f"text {i} is empty; give a non-empty string")
+    return texts
+
+
 class PromptEncoder:
     """Tokenises rendered prompts (with the model family's image tokens) and builds LM labels.
 

@@ -17,7 +17,7 @@ from . import prompts
 from .crops import base_view_inputs, changes_vectors, resolve_crops
 from .errors import InputError
 from .family import family_for, multimodal_base
-from .inputs import PromptEncoder, check_images
+from .inputs import PromptEncoder, check_images, check_texts
 from .loading import load_model_and_processor
 from .pooling import pool_last_token
 from .prefix import ImagePrefixes
@@ -168,13 +168,7 @@ class CafeModel:
 
     def embed_texts(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """(N, dim) float32 L2-normalised embeddings of texts (queries or captions)."""
-        texts = list(texts)
-        if not texts:
-            raise InputError("embed_texts needs at least one text")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"text {i} is empty; give a non-empty string")
-        texts = [prompts.text_embedding_prompt(t, self.chat) for t in texts]
+        texts = [prompts.text_embedding_prompt(t, self.chat) for t in check_texts(texts)]
         return self._embed_prompts(texts, None, batch_size, progress, "embedding texts")
 
     def embed_multimodal(

@@ -66,8 +66,13 @@ def placed_tag(tag: str, position: str) -> str:
     return f"{tag}@{position}"
 
 
-KIND_TAGS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
-SIZED_TAGS = tuple(f"{z} {c} {s}" for z in SIZES for c in COLORS for s in SHAPES)
+def kind_tag(color: str, shape: str, size: str | None = None) -> str:
+    """The tag of an object kind: "red circle", or with its size "small red circle"."""
+    return f"{size} {color} {shape}" if size else f"{color} {shape}"
+
+
+KIND_TAGS = tuple(kind_tag(c, s) for c in COLORS for s in SHAPES)
+SIZED_TAGS = tuple(kind_tag(c, s, z) for z in SIZES for c in COLORS for s in SHAPES)
 COLOR_TAGS = tuple(color_tag(c) for c in COLORS)
 SHAPE_TAGS = tuple(shape_tag(s) for s in SHAPES)
 BACKGROUND_TAGS = tuple(background_tag(b) for b in BACKGROUNDS)
@@ -78,11 +83,6 @@ TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
 def a(phrase: str) -> str:
     """The phrase with its indefinite article: "a red circle", "an orange star"."""
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
-def kind_tag(color: str, shape: str, size: str | None = None) -> str:
-    """The tag of an object kind: "red circle", or with its size "small red circle"."""
-    return f"{size} {color} {shape}" if size else f"{color} {shape}"
 
 
 def image_tags(spec: PhotoSpec) -> frozenset[str]:
